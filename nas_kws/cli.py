@@ -1,0 +1,36 @@
+"""The `nas-kws` command: each module adds its own subcommands; this file only dispatches."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from nas_kws.device import set_threads
+
+COMMAND_MODULES = (
+    "nas_kws.commands",
+    "nas_kws.data.commands",
+    "nas_kws.profiling",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nas-kws", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    set_threads()
+    try:
+        return args.func(args) or 0
+    except (ValueError, FileNotFoundError) as err:
+        print(f"nas-kws {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""From a data config to batches: open (or build) the waveform store, then iterate it.
+
+Epochs read the memory-mapped int16 store, never WAV files; order is a function of
+(seed, epoch) only, so a resumed run sees exactly the batches an uninterrupted one would.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from nas_kws.config import DataConfig
+from nas_kws.data.index import DatasetIndex
+
+DATASETS = ("synth", "gsc", "folders")
+
+
+def open_index(cfg: DataConfig) -> DatasetIndex:
+    from nas_kws.data.folders import index_folders
+    from nas_kws.data.gsc import index_gsc
+    from nas_kws.data.synth import ensure_synth
+
+    if cfg.dataset not in DATASETS:
+        raise ValueError(f"data.dataset: expected one of {DATASETS}, got {cfg.dataset!r}")
+    if cfg.dataset == "folders":
+        if cfg.root is None:
+            raise ValueError("data.root: dataset 'folders' needs --data_root DIR "
+                             "(DIR/training|validation|testing/<class>/*.wav)")
+        return index_folders(cfg.root)
+    if cfg.dataset == "gsc" and cfg.root is None:
+        raise ValueError("data.root: dataset 'gsc' needs --data_root DIR; get the data with "
+                         "`nas-kws data gsc --version 2 --root DIR --download`")
+    root = cfg.root if cfg.root is not None else ensure_synth(seed=cfg.seed, size=cfg.synth_size)
+    version = 2 if cfg.dataset == "synth" else cfg.version
+    return index_gsc(root, version=version, task=cfg.task, seed=cfg.seed)
+
+
+def open_dataset(cfg: DataConfig, progress: bool = True):
+    """Index the source and return its waveform store, decoding it on first use only."""
+    from nas_kws.data.store import build_store
+
+    index = open_index(cfg)
+    return build_store(index, sample_rate=cfg.sample_rate,
+                       num_samples=int(round(cfg.sample_rate * cfg.duration)), progress=progress)
+
+
+class BatchLoader:
+    """Batches of (float waveforms in [-1, 1], labels) from packed int16 arrays."""
+
+    def __init__(self, audio: np.ndarray, labels: np.ndarray, batch_size: int,
+                 shuffle: bool = False, seed: int = 0, balanced: bool = False,
+                 drop_last: bool = False, indices: np.ndarray | None = None):
+        if batch_size < 1:
+            raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
+        self.audio = audio
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.indices = np.arange(len(self.labels)) if indices is None else np.asarray(indices)
+        if len(self.indices) == 0:
+            raise ValueError("BatchLoader: the split is empty")
+        self.batch_size = batch_size
+        self.shuffle = shuffle or balanced
+        self.balanced = balanced
+        self.seed = seed
+        self.drop_last = drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = len(self.indices)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def order(self) -> np.ndarray:
+        """This epoch's sample order: shuffled, or drawn with class-balanced weights."""
+        if not self.shuffle:
+            return self.indices
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        if self.balanced:
+            labels = torch.from_numpy(self.labels[self.indices])
+            weights = 1.0 / torch.bincount(labels).float()[labels]
+            picks = torch.multinomial(weights, len(self.indices), replacement=True, generator=g)
+        else:
+            picks = torch.randperm(len(self.indices), generator=g)
+        return self.indices[picks.numpy()]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self.order()
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            rows = np.sort(idx)
+            inverse = np.argsort(np.argsort(idx))
+            waves = torch.from_numpy(np.asarray(self.audio[rows])[inverse]).float().div_(32768.0)
+            yield waves, torch.from_numpy(self.labels[idx])

@@ -1,0 +1,274 @@
+"""The training loop (weights only), plain PyTorch, readable top to bottom.
+
+`fit` trains any model on a waveform store; augmentation and features run on whole batches on
+the training device. Every epoch ends with atomic `last` (and `best`) checkpoints holding the
+model, optimizer, scheduler and RNG states, so `resume` continues bit-for-bit on CPU.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from nas_kws.config import ExperimentConfig, TrainConfig, to_dict
+from nas_kws.data.augment import Augmenter, SpecAugment
+from nas_kws.data.index import SILENCE
+from nas_kws.data.loader import BatchLoader, open_dataset
+from nas_kws.device import pick_device, rng_state, seed_everything, set_rng_state
+from nas_kws.evaluation import EvalResult, confusion_figure, evaluate, save_confusion_png
+from nas_kws.features import FeatureConfig, Frontend
+from nas_kws.runs import RunDir
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                               nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"train.optimizer: expected sgd or adam, got {cfg.optimizer!r}")
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
+                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up for `warmup_epochs`, then cosine to 0, stepped every batch."""
+    warmup = cfg.warmup_epochs * steps_per_epoch
+    total = max(cfg.epochs * steps_per_epoch, warmup + 1)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def resolve_features(model: nn.Module, overrides: dict[str, Any]) -> FeatureConfig:
+    """The model's own features with the experiment's overrides (e.g. n_mfcc) applied."""
+    base = model.feature_config.to_dict()
+    return FeatureConfig.from_dict({**base, **overrides}, where="features")
+
+
+def spec_augment_for(cfg: ExperimentConfig) -> SpecAugment:
+    a = cfg.augment
+    return SpecAugment(a.freq_masks, a.freq_width, a.time_masks, a.time_width)
+
+
+class Pipeline:
+    """Everything between the store and the model: loaders, augmentation and features."""
+
+    def __init__(self, store, cfg: ExperimentConfig, features: FeatureConfig, device: torch.device):
+        if features.sample_rate != store.sample_rate or features.num_samples != store.num_samples:
+            raise ValueError(f"features: {features.sample_rate} Hz x {features.num_samples} samples "
+                             f"do not match the data ({store.sample_rate} Hz x {store.num_samples})")
+        t = cfg.train
+        self.store, self.device = store, device
+        self.classes = list(store.classes)
+        self.frontend = Frontend(features).to(device)
+        silence = self.classes.index(SILENCE) if SILENCE in self.classes else None
+        noise = torch.from_numpy(store.noise[:]).float().div_(32768.0).to(device)
+        self.augment = Augmenter(cfg.augment, noise, store.sample_rate, silence)
+        self.spec_augment = spec_augment_for(cfg).to(device)
+        train = store.split("train")
+        self.train_loader = BatchLoader(train.audio, train.labels, t.batch_size, shuffle=True,
+                                        seed=t.seed, balanced=t.balanced, drop_last=True)
+        self.seed = t.seed
+
+    def loader(self, split: str, batch_size: int) -> BatchLoader:
+        arrays = self.store.split(split)
+        return BatchLoader(arrays.audio, arrays.labels, batch_size)
+
+    def generator(self, epoch: int) -> torch.Generator:
+        """Augmentation randomness as a function of (seed, epoch): nothing to checkpoint."""
+        return torch.Generator(device=self.device).manual_seed(self.seed * 7919 + epoch)
+
+    def train_batch(self, waves: torch.Tensor, labels: torch.Tensor,
+                    g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        waves, labels = waves.to(self.device, non_blocking=True), labels.to(self.device)
+        with torch.no_grad():
+            feats = self.spec_augment(self.frontend(self.augment(waves, labels, g)), g)
+        return feats, labels
+
+
+def _log_epoch(writer, epoch: int, row: dict[str, float], valid: EvalResult,
+               classes: list[str]) -> None:
+    for key, value in row.items():
+        if key != "epoch":
+            writer.add_scalar(key.replace("_", "/", 1), value, epoch)
+    for name, acc in zip(classes, valid.per_class):
+        if not math.isnan(acc):
+            writer.add_scalar(f"valid_class/{name}", acc, epoch)
+
+
+def fit(model: nn.Module, cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False,
+        store=None, progress: bool = True, stop_after_epoch: int | None = None) -> dict[str, Any]:
+    """Train `model` as `cfg` says, in `run_dir`; returns (and writes) metrics.json.
+
+    `stop_after_epoch` ends the job after that epoch with its checkpoint written, for time-boxed
+    machines; `resume=True` then continues exactly where it stopped.
+    """
+    from torch.utils.tensorboard import SummaryWriter
+
+    t = cfg.train
+    run = RunDir(run_dir)
+    device = pick_device(t.device)
+    store = store if store is not None else open_dataset(cfg.data, progress=progress)
+    features = resolve_features(model, cfg.features)
+    model.feature_config = features
+    pipe = Pipeline(store, cfg, features, device)
+    if getattr(model, "num_classes", len(pipe.classes)) != len(pipe.classes):
+        raise ValueError(f"model has {model.num_classes} outputs but the data has "
+                         f"{len(pipe.classes)} classes {pipe.classes}")
+    memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
+    model.to(device, memory_format=memory_format)
+    optimizer = build_optimizer(model, t)
+    scheduler = build_scheduler(optimizer, t, len(pipe.train_loader))
+    use_amp = t.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    valid_loader = pipe.loader("valid", t.eval_batch_size)
+
+    start_epoch, best_acc, history = 0, -1.0, []
+    if resume and run.has_checkpoint("last"):
+        state = run.load_checkpoint("last")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        start_epoch, best_acc, history = state["epoch"] + 1, state["best_valid_acc"], state["history"]
+    elif resume:
+        raise FileNotFoundError(f"{run.checkpoint_path('last')}: nothing to resume")
+    else:
+        run.write_setup(to_dict(cfg), features, pipe.classes)
+
+    def checkpoint(epoch: int) -> dict[str, Any]:
+        return {"model": model.state_dict(), "model_spec": model.spec,
+                "features": features.to_dict(), "classes": pipe.classes, "epoch": epoch,
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "rng": rng_state(), "best_valid_acc": best_acc,
+                "history": history, "config": to_dict(cfg)}
+
+    writer = SummaryWriter(str(run.tb_dir))
+    started = time.time()
+    epochs = tqdm(range(start_epoch, t.epochs), desc="epochs", disable=not progress,
+                  initial=start_epoch, total=t.epochs)
+    for epoch in epochs:
+        model.train()
+        pipe.train_loader.set_epoch(epoch)
+        g = pipe.generator(epoch)
+        steps = len(pipe.train_loader) if not t.max_steps_per_epoch else min(
+            t.max_steps_per_epoch, len(pipe.train_loader))
+        loss_sum, correct, seen = 0.0, 0, 0
+        batches = tqdm(pipe.train_loader, total=steps, desc=f"epoch {epoch}", leave=False,
+                       disable=not progress)
+        for step, (waves, labels) in enumerate(batches):
+            if step == steps:
+                break
+            feats, labels = pipe.train_batch(waves, labels, g)
+            feats = feats.contiguous(memory_format=memory_format)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                logits = model(feats)
+                loss = F.cross_entropy(logits.float(), labels, label_smoothing=t.label_smoothing)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"epoch {epoch} step {step}: loss is {loss.item()}; stopped, the last good "
+                    f"checkpoint {run.checkpoint_path('last')} is intact")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            loss_sum += loss.item() * len(labels)
+            correct += (logits.argmax(1) == labels).sum().item()
+            seen += len(labels)
+            batches.set_postfix(loss=f"{loss.item():.3f}")
+        valid = evaluate(model, pipe.frontend, valid_loader, device, len(pipe.classes))
+        row = {"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen,
+               "valid_loss": valid.loss, "valid_acc": valid.accuracy,
+               "lr": optimizer.param_groups[0]["lr"]}
+        history.append(row)
+        _log_epoch(writer, epoch, row, valid, pipe.classes)
+        epochs.set_postfix(train_acc=f"{row['train_acc']:.3f}", valid_acc=f"{valid.accuracy:.3f}")
+        if valid.accuracy > best_acc:
+            best_acc = valid.accuracy
+            run.save_checkpoint("best", checkpoint(epoch))
+        run.save_checkpoint("last", checkpoint(epoch))
+        if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch + 1 < t.epochs:
+            writer.close()
+            return {"stopped_after_epoch": epoch}
+
+    metrics = final_metrics(model, run, pipe, device, history, writer)
+    metrics["train_seconds"] = time.time() - started
+    writer.close()
+    run.write_metrics(metrics)
+    return metrics
+
+
+def final_metrics(model: nn.Module, run: RunDir, pipe: Pipeline, device: torch.device,
+                  history: list[dict], writer) -> dict[str, Any]:
+    """Test accuracy of the best-validation checkpoint and of the last epoch, plus the profile."""
+    from nas_kws.profiling import profile_model
+
+    test_splits = [s for s in ("test", "official_test") if s in pipe.store.splits]
+    best_state = run.load_checkpoint("best")
+    metrics: dict[str, Any] = {"model": model.spec, "classes": pipe.classes,
+                               "epochs": len(history), "best_epoch": best_state["epoch"],
+                               "best_valid_acc": best_state["best_valid_acc"]}
+    for which in ("last", "best"):
+        model.load_state_dict(run.load_checkpoint(which)["model"])
+        for split in test_splits:
+            result = evaluate(model, pipe.frontend, pipe.loader(split, 500), device, len(pipe.classes))
+            key = f"{split}_{which}"
+            metrics[f"{key}_acc"] = result.accuracy
+            metrics[f"{key}_detail"] = result.summary(pipe.classes)
+            if which == "best":
+                save_confusion_png(run.path / f"confusion_{split}.png", result.confusion,
+                                   pipe.classes, f"{split}, best checkpoint")
+                writer.add_figure(f"confusion/{split}", confusion_figure(result.confusion,
+                                                                         pipe.classes, split))
+    prof = profile_model(model.cpu().eval())
+    metrics.update(params=prof.params, macs=prof.macs, history=history)
+    return metrics
+
+
+def train_experiment(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False,
+                     progress: bool = True) -> dict[str, Any]:
+    """Create the model from the config and fit it, once per seed (mean +- std when several)."""
+    from nas_kws.models import create_model
+
+    run_dir = Path(run_dir)
+    store = open_dataset(cfg.data, progress=progress)
+    seeds = [cfg.train.seed + k for k in range(cfg.train.seeds)]
+    results = []
+    for seed in seeds:
+        seed_cfg = replace(cfg, train=replace(cfg.train, seed=seed, seeds=1))
+        seed_dir = run_dir if len(seeds) == 1 else run_dir / f"seed{seed}"
+        if RunDir(seed_dir).metrics_path.is_file() and resume:
+            results.append(RunDir(seed_dir).read_metrics())
+            continue
+        seed_everything(seed)
+        model = create_model(cfg.model, num_classes=len(store.classes), **cfg.model_kwargs)
+        results.append(fit(model, seed_cfg, seed_dir, resume=resume and RunDir(seed_dir).has_checkpoint(),
+                           store=store, progress=progress))
+    if len(seeds) == 1:
+        return results[0]
+    summary = {"seeds": seeds, "runs": [f"seed{s}" for s in seeds],
+               "params": results[0]["params"], "macs": results[0]["macs"]}
+    for key in [k for k in results[0] if k.endswith("_acc")]:
+        values = [r[key] for r in results]
+        summary[f"{key}_mean"] = statistics.mean(values)
+        summary[f"{key}_std"] = statistics.stdev(values)
+    RunDir(run_dir).write_metrics(summary)
+    return summary
