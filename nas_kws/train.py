@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -55,12 +56,6 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def resolve_features(model: nn.Module, overrides: dict[str, Any]) -> FeatureConfig:
-    """The model's own features with the experiment's overrides (e.g. n_mfcc) applied."""
-    base = model.feature_config.to_dict()
-    return FeatureConfig.from_dict({**base, **overrides}, where="features")
-
-
 def spec_augment_for(cfg: ExperimentConfig) -> SpecAugment:
     a = cfg.augment
     return SpecAugment(a.freq_masks, a.freq_width, a.time_masks, a.time_width)
@@ -78,7 +73,7 @@ class Pipeline:
         self.classes = list(store.classes)
         self.frontend = Frontend(features).to(device)
         silence = self.classes.index(SILENCE) if SILENCE in self.classes else None
-        noise = torch.from_numpy(store.noise[:]).float().div_(32768.0).to(device)
+        noise = torch.from_numpy(np.array(store.noise)).float().div_(32768.0).to(device)
         self.augment = Augmenter(cfg.augment, noise, store.sample_rate, silence)
         self.spec_augment = spec_augment_for(cfg).to(device)
         train = store.split("train")
@@ -125,8 +120,7 @@ def fit(model: nn.Module, cfg: ExperimentConfig, run_dir: str | Path, resume: bo
     run = RunDir(run_dir)
     device = pick_device(t.device)
     store = store if store is not None else open_dataset(cfg.data, progress=progress)
-    features = resolve_features(model, cfg.features)
-    model.feature_config = features
+    features = model.feature_config
     pipe = Pipeline(store, cfg, features, device)
     if getattr(model, "num_classes", len(pipe.classes)) != len(pipe.classes):
         raise ValueError(f"model has {model.num_classes} outputs but the data has "
@@ -259,7 +253,8 @@ def train_experiment(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = 
             results.append(RunDir(seed_dir).read_metrics())
             continue
         seed_everything(seed)
-        model = create_model(cfg.model, num_classes=len(store.classes), **cfg.model_kwargs)
+        model = create_model(cfg.model, num_classes=len(store.classes),
+                             features=cfg.features or None, **cfg.model_kwargs)
         results.append(fit(model, seed_cfg, seed_dir, resume=resume and RunDir(seed_dir).has_checkpoint(),
                            store=store, progress=progress))
     if len(seeds) == 1:

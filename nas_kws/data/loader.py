@@ -19,7 +19,6 @@ DATASETS = ("synth", "gsc", "folders")
 def open_index(cfg: DataConfig) -> DatasetIndex:
     from nas_kws.data.folders import index_folders
     from nas_kws.data.gsc import index_gsc
-    from nas_kws.data.synth import ensure_synth
 
     if cfg.dataset not in DATASETS:
         raise ValueError(f"data.dataset: expected one of {DATASETS}, got {cfg.dataset!r}")
@@ -31,7 +30,11 @@ def open_index(cfg: DataConfig) -> DatasetIndex:
     if cfg.dataset == "gsc" and cfg.root is None:
         raise ValueError("data.root: dataset 'gsc' needs --data_root DIR; get the data with "
                          "`nas-kws data gsc --version 2 --root DIR --download`")
-    root = cfg.root if cfg.root is not None else ensure_synth(seed=cfg.seed, size=cfg.synth_size)
+    root = cfg.root
+    if root is None:
+        from nas_kws.data.synth import ensure_synth
+
+        root = ensure_synth(seed=cfg.seed, size=cfg.synth_size)
     version = 2 if cfg.dataset == "synth" else cfg.version
     return index_gsc(root, version=version, task=cfg.task, seed=cfg.seed)
 

@@ -1,0 +1,379 @@
+"""A derived net as data: `genotype.yaml` names the features, stem, blocks and head, so a search
+result can be rebuilt, trained, profiled and exported without the search code.
+
+    name: proxyless_kws_w1_k3_e3         # optional
+    features: {kind: mfcc, n_mfcc: 10, n_fft: 640, win_length: 640, hop_length: 320, n_mels: 128}
+    num_classes: 12                      # or classes: [yes, no, ...]
+    stem: {out_channels: 72, kernel: [5, 11], stride: [1, 2], act: relu6}
+    blocks:
+      - {op: mbconv, out_channels: 72, kernel: 3, expand: 3, stride: 2}
+      - {op: bcres, out_channels: 72, freq_kernel: 3, time_kernel: 5, dilation: 2, ssn_groups: 5}
+      - {op: zero}                       # the block is skipped (identity)
+    head: {type: pool_linear, channels: 144}   # or {type: bcresnet, channels: 32}
+
+Tensors are (batch, channels, frequency bins, frames). `check_block` infers every block's output
+shape and rejects what cannot be built (SubSpectralNorm heights, strides, channel changes); the
+search spaces reuse it to validate each choice.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import yaml
+from torch import nn
+
+from nas_kws.features import FeatureConfig
+from nas_kws.fileio import write_yaml
+from nas_kws.models.bcresnet import BCResBlock
+from nas_kws.models.mbconv import MBConv, as_pair
+
+Shape = tuple[int, int, int]          # (channels, bins, frames)
+REQUIRED = object()
+TOP_KEYS = ("name", "features", "num_classes", "classes", "stem", "blocks", "head")
+STEM_ACTS: dict[str, Callable[[], nn.Module]] = {"relu": lambda: nn.ReLU(inplace=True),
+                                                 "relu6": lambda: nn.ReLU6(inplace=True)}
+HEAD_TYPES = ("pool_linear", "bcresnet")
+
+
+# --- argument checks: each returns the normalised value or raises naming `where` -------------
+
+def _positive_int(value: Any, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{where}: expected an integer >= 1, got {value!r}")
+    return value
+
+
+def _odd_kernel(value: Any, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1 or value % 2 == 0:
+        raise ValueError(f"{where}: expected an odd kernel size (1, 3, 5, 7, ...), got {value!r}")
+    return value
+
+
+def _is_stride(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value in (1, 2)
+
+
+def _stride(value: Any, where: str) -> int | list[int]:
+    """1 or 2, or a [frequency, time] pair of them."""
+    if _is_stride(value):
+        return value
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(map(_is_stride, value)):
+        return list(value)
+    raise ValueError(f"{where}: expected a stride of 1 or 2, or a [frequency, time] pair of them, "
+                     f"got {value!r}")
+
+
+def _kernel_pair(value: Any, where: str) -> int | list[int]:
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        return [_odd_kernel(v, where) for v in value]
+    return _odd_kernel(value, where)
+
+
+def _freq_stride(value: Any, where: str) -> int:
+    if not _is_stride(value):
+        raise ValueError(f"{where}: expected a frequency stride of 1 or 2 (BC-ResNet blocks never "
+                         f"stride in time), got {value!r}")
+    return value
+
+
+def _ssn_groups(value: Any, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{where}: expected SubSpectralNorm groups >= 2, or 0/1 for plain "
+                         f"BatchNorm, got {value!r}")
+    return value
+
+
+def _dropout(value: Any, where: str) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
+        raise ValueError(f"{where}: expected a dropout probability in [0, 1), got {value!r}")
+    return float(value)
+
+
+def _width(value: Any, where: str) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{where}: expected a width multiplier > 0, got {value!r}")
+    return float(value)
+
+
+def _act(value: Any, where: str) -> str:
+    if value not in STEM_ACTS:
+        raise ValueError(f"{where}: expected one of {sorted(STEM_ACTS)}, got {value!r}")
+    return value
+
+
+def _head_type(value: Any, where: str) -> str:
+    if value not in HEAD_TYPES:
+        raise ValueError(f"{where}: expected one of {list(HEAD_TYPES)}, got {value!r}")
+    return value
+
+
+def _check_args(table: dict[str, tuple[Callable, Any]], given: dict[str, Any],
+                where: str) -> dict[str, Any]:
+    unknown = sorted(set(given) - set(table))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys: {list(table)}")
+    out = {}
+    for key, (check, default) in table.items():
+        if key in given:
+            out[key] = check(given[key], f"{where}.{key}")
+        elif default is REQUIRED:
+            raise ValueError(f"{where}: missing required key {key!r}")
+        else:
+            out[key] = default
+    return out
+
+
+def conv_out(size: int, kernel: int, stride: int) -> int:
+    """Output length of a conv with 'same' padding kernel // 2."""
+    return (size + 2 * (kernel // 2) - kernel) // stride + 1
+
+
+# --- blocks ------------------------------------------------------------------------------------
+
+class BCResBottleneck(nn.Module):
+    """A BC-ResNet block computed at `width` x the residual channels: a transition BC-Res block
+    into the inner width, a 1x1 projection + BN back, and the identity shortcut. This is how the
+    search spaces vary a non-transition block's width without changing the residual stream."""
+
+    def __init__(self, channels: int, inner: int, **block_args: Any):
+        super().__init__()
+        self.block = BCResBlock(channels, inner, **block_args)
+        self.project = nn.Sequential(nn.Conv2d(inner, channels, 1, bias=False),
+                                     nn.BatchNorm2d(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.project(self.block(x))
+
+
+def _mbconv_shape(args: dict, shape: Shape, where: str) -> Shape:
+    _, bins, frames = shape
+    sf, st = as_pair(args["stride"])
+    return args["out_channels"], conv_out(bins, args["kernel"], sf), conv_out(frames, args["kernel"], st)
+
+
+def _bcres_shape(args: dict, shape: Shape, where: str) -> Shape:
+    channels, bins, frames = shape
+    out_bins = conv_out(bins, args["freq_kernel"], args["freq_stride"])
+    groups = args["ssn_groups"]
+    if groups > 1 and out_bins % groups:
+        raise ValueError(f"{where}.ssn_groups: SubSpectralNorm with {groups} groups needs the "
+                         f"block's frequency height ({out_bins} = {bins} bins / stride "
+                         f"{args['freq_stride']}) to be divisible by {groups}; use "
+                         f"ssn_groups 0 (BatchNorm) or a divisor of {out_bins}")
+    if args["width"] != 1 and args["out_channels"] != channels:
+        raise ValueError(f"{where}.width: a width multiplier ({args['width']:g}) needs a "
+                         f"non-transition block (out_channels == in_channels {channels}), got "
+                         f"out_channels {args['out_channels']}")
+    return args["out_channels"], out_bins, frames
+
+
+def _build_mbconv(args: dict, in_channels: int) -> nn.Module:
+    return MBConv(in_channels, args["out_channels"], args["kernel"], args["expand"],
+                  as_pair(args["stride"]))
+
+
+def _build_bcres(args: dict, in_channels: int) -> nn.Module:
+    block_args = {k: args[k] for k in ("freq_stride", "dilation", "freq_kernel", "time_kernel",
+                                       "ssn_groups", "dropout")}
+    if args["width"] == 1:
+        return BCResBlock(in_channels, args["out_channels"], **block_args)
+    return BCResBottleneck(in_channels, max(1, round(in_channels * args["width"])), **block_args)
+
+
+BLOCK_OPS: dict[str, dict[str, Any]] = {
+    "mbconv": {
+        "args": {"out_channels": (_positive_int, REQUIRED), "kernel": (_odd_kernel, 3),
+                 "expand": (_positive_int, 1), "stride": (_stride, 1)},
+        "shape": _mbconv_shape, "build": _build_mbconv},
+    "bcres": {
+        "args": {"out_channels": (_positive_int, REQUIRED), "freq_stride": (_freq_stride, 1),
+                 "dilation": (_positive_int, 1), "freq_kernel": (_odd_kernel, 3),
+                 "time_kernel": (_odd_kernel, 3), "ssn_groups": (_ssn_groups, 5),
+                 "dropout": (_dropout, 0.1), "width": (_width, 1.0)},
+        "shape": _bcres_shape, "build": _build_bcres},
+    "zero": {"args": {}, "shape": lambda args, shape, where: shape,
+             "build": lambda args, in_channels: nn.Identity()},
+}
+
+
+def check_block(block: Any, in_shape: Shape, where: str) -> tuple[dict[str, Any], Shape]:
+    """(the block with defaults filled in, its output shape) or a ValueError naming `where`."""
+    if not isinstance(block, dict) or "op" not in block:
+        raise ValueError(f"{where}: expected a mapping with 'op' (one of {list(BLOCK_OPS)}), "
+                         f"got {block!r}")
+    op = block["op"]
+    if op not in BLOCK_OPS:
+        raise ValueError(f"{where}.op: expected one of {list(BLOCK_OPS)}, got {op!r}")
+    args = _check_args(BLOCK_OPS[op]["args"], {k: v for k, v in block.items() if k != "op"},
+                       f"{where} ({op})")
+    return {"op": op, **args}, BLOCK_OPS[op]["shape"](args, in_shape, f"{where} ({op})")
+
+
+def build_block(block: dict[str, Any], in_channels: int) -> nn.Module:
+    """The module of a block already normalised by `check_block`."""
+    return BLOCK_OPS[block["op"]]["build"](block, in_channels)
+
+
+def describe_block(block: dict[str, Any]) -> str:
+    """A short label for tables and plots, e.g. 'mbconv_k5_e3' or 'bcres_f3t5_d2_w1.5'."""
+    if block["op"] == "mbconv":
+        stride = as_pair(block["stride"])
+        tail = "" if stride == (1, 1) else f"_s{stride[0]}x{stride[1]}"
+        return f"mbconv_k{block['kernel']}_e{block['expand']}{tail}"
+    if block["op"] == "bcres":
+        ssn = f"_ssn{block['ssn_groups']}" if block["ssn_groups"] > 1 else "_bn"
+        tail = f"_w{block['width']:g}" if block["width"] != 1 else ""
+        return (f"bcres_f{block['freq_kernel']}t{block['time_kernel']}_d{block['dilation']}"
+                f"{ssn}{tail}")
+    return block["op"]
+
+
+# --- stem and head -----------------------------------------------------------------------------
+
+STEM_ARGS = {"out_channels": (_positive_int, REQUIRED), "kernel": (_kernel_pair, 3),
+             "stride": (_stride, 1), "act": (_act, "relu")}
+HEAD_ARGS = {"type": (_head_type, REQUIRED), "channels": (_positive_int, REQUIRED)}
+
+
+def check_stem(stem: Any, in_shape: Shape, where: str) -> tuple[dict[str, Any], Shape]:
+    if not isinstance(stem, dict):
+        raise ValueError(f"{where}: expected a mapping, got {stem!r}")
+    args = _check_args(STEM_ARGS, stem, where)
+    (kf, kt), (sf, st) = as_pair(args["kernel"]), as_pair(args["stride"])
+    _, bins, frames = in_shape
+    return args, (args["out_channels"], conv_out(bins, kf, sf), conv_out(frames, kt, st))
+
+
+def build_stem(stem: dict[str, Any], in_channels: int = 1) -> nn.Module:
+    kernel = as_pair(stem["kernel"])
+    return nn.Sequential(
+        nn.Conv2d(in_channels, stem["out_channels"], kernel, stride=as_pair(stem["stride"]),
+                  padding=(kernel[0] // 2, kernel[1] // 2), bias=False),
+        nn.BatchNorm2d(stem["out_channels"]),
+        STEM_ACTS[stem["act"]](),
+    )
+
+
+def check_head(head: Any, where: str) -> dict[str, Any]:
+    if not isinstance(head, dict):
+        raise ValueError(f"{where}: expected a mapping, got {head!r}")
+    return _check_args(HEAD_ARGS, head, where)
+
+
+def build_head(head: dict[str, Any], in_shape: Shape, num_classes: int) -> nn.Module:
+    """pool_linear (Peter et al.): 1x1 conv, BN, ReLU6, average pool, linear. bcresnet: depthwise
+    conv over all remaining bins x 5 frames, 1x1 conv, BN, ReLU, average pool, 1x1 classifier."""
+    channels, bins, _ = in_shape
+    width = head["channels"]
+    if head["type"] == "pool_linear":
+        return nn.Sequential(
+            nn.Conv2d(channels, width, 1, bias=False), nn.BatchNorm2d(width),
+            nn.ReLU6(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Linear(width, num_classes))
+    return nn.Sequential(
+        nn.Conv2d(channels, channels, (bins, 5), padding=(0, 2), groups=channels, bias=False),
+        nn.Conv2d(channels, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+        nn.AdaptiveAvgPool2d(1), nn.Conv2d(width, num_classes, 1), nn.Flatten())
+
+
+class KWSNet(nn.Module):
+    """stem -> blocks -> head on (B, 1, bins, frames) features; returns logits (B, classes)."""
+
+    def __init__(self, stem: nn.Module, blocks: list[nn.Module], head: nn.Module):
+        super().__init__()
+        self.stem = stem
+        self.blocks = nn.Sequential(*blocks)
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(x)))
+
+
+# --- the genotype as a whole -------------------------------------------------------------------
+
+def input_shape(features: FeatureConfig) -> Shape:
+    bins, frames = features.shape
+    return 1, bins, frames
+
+
+def check_genotype(genotype: Any, where: str = "genotype") -> dict[str, Any]:
+    """The genotype with every default filled in, or a ValueError naming the key or position."""
+    if not isinstance(genotype, dict):
+        raise ValueError(f"{where}: expected a mapping with keys {list(TOP_KEYS)}, got {genotype!r}")
+    unknown = sorted(set(genotype) - set(TOP_KEYS))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys: {list(TOP_KEYS)}")
+    for key in ("features", "stem", "blocks", "head"):
+        if key not in genotype:
+            raise ValueError(f"{where}: missing required key {key!r}")
+    if not isinstance(genotype["features"], dict):
+        raise ValueError(f"{where}: features: expected a mapping of FeatureConfig keys, "
+                         f"got {genotype['features']!r}")
+    features = FeatureConfig.from_dict(genotype["features"], where=f"{where}: features")
+    out: dict[str, Any] = {}
+    if "name" in genotype:
+        out["name"] = str(genotype["name"])
+    out["features"] = features.to_dict()
+    out.update(_check_classes(genotype, where))
+    out["stem"], shape = check_stem(genotype["stem"], input_shape(features), f"{where}: stem")
+    blocks = genotype["blocks"]
+    if not isinstance(blocks, list) or not blocks:
+        raise ValueError(f"{where}: blocks: expected a non-empty list of blocks, got {blocks!r}")
+    out["blocks"] = []
+    for i, block in enumerate(blocks):
+        block, shape = check_block(block, shape, f"{where}: blocks[{i}]")
+        out["blocks"].append(block)
+    out["head"] = check_head(genotype["head"], f"{where}: head")
+    return out
+
+
+def _check_classes(genotype: dict[str, Any], where: str) -> dict[str, Any]:
+    classes = genotype.get("classes")
+    if classes is not None and (not isinstance(classes, list) or not classes
+                                or not all(isinstance(c, str) for c in classes)):
+        raise ValueError(f"{where}: classes: expected a list of class names, got {classes!r}")
+    num_classes = genotype.get("num_classes", len(classes) if classes else 12)
+    _positive_int(num_classes, f"{where}: num_classes")
+    if classes and len(classes) != num_classes:
+        raise ValueError(f"{where}: num_classes: {num_classes} does not match the {len(classes)} "
+                         f"names in classes")
+    return {"num_classes": num_classes, **({"classes": list(classes)} if classes else {})}
+
+
+def build_from_genotype(genotype: dict[str, Any], num_classes: int | None = None) -> KWSNet:
+    """The net a genotype describes, with `.feature_config`, `.num_classes` and `.spec`.
+    `num_classes` overrides the genotype's (e.g. to retrain on another task)."""
+    genotype = check_genotype(genotype)
+    if num_classes is not None and num_classes != genotype["num_classes"]:
+        genotype["num_classes"] = num_classes
+        genotype.pop("classes", None)
+    features = FeatureConfig.from_dict(genotype["features"])
+    _, shape = check_stem(genotype["stem"], input_shape(features), "stem")
+    blocks = []
+    for block in genotype["blocks"]:
+        blocks.append(build_block(block, shape[0]))
+        _, shape = check_block(block, shape, "block")
+    model = KWSNet(build_stem(genotype["stem"]), blocks,
+                   build_head(genotype["head"], shape, genotype["num_classes"]))
+    model.feature_config = features
+    model.num_classes = genotype["num_classes"]
+    model.spec = {"genotype": genotype}
+    return model
+
+
+def load_genotype(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"genotype file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML ({err})") from None
+    return check_genotype(data, where=str(path))
+
+
+def save_genotype(path: str | Path, genotype: dict[str, Any]) -> Path:
+    """Validate, then write atomically (a crash never leaves half a genotype)."""
+    return write_yaml(path, check_genotype(genotype, where=str(path)))

@@ -1,0 +1,37 @@
+import pytest
+
+from nas_kws.config import ExperimentConfig, load_config, parse_set_flags
+
+
+def test_yaml_and_overrides(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("model: bcresnet8\ntrain:\n  lr: 0.1\n  epochs: 3\n")
+    cfg = load_config(ExperimentConfig, path, {"train.lr": "0.05", "data.root": "/d",
+                                               "train.epochs": None})
+    assert cfg.model == "bcresnet8"
+    assert cfg.train.lr == 0.05 and cfg.train.epochs == 3 and cfg.data.root == "/d"
+
+
+def test_unknown_key_names_file_key_and_valid_keys(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  learning_rate: 0.1\n")
+    with pytest.raises(ValueError, match=r"bad.yaml.train: unknown key\(s\) \['learning_rate'\]; "
+                                         r"valid keys: \[.*'lr'"):
+        load_config(ExperimentConfig, path)
+
+
+def test_wrong_type_is_named():
+    with pytest.raises(ValueError, match="config.train.epochs: expected int"):
+        load_config(ExperimentConfig, None, {"train.epochs": "many"})
+
+
+def test_set_flags_need_key_value():
+    assert parse_set_flags(["train.lr=0.2"]) == {"train.lr": "0.2"}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_set_flags(["train.lr"])
+
+
+def test_experiment_files_load():
+    from pathlib import Path
+    for path in sorted(Path(__file__).parent.parent.glob("experiments/*.yaml")):
+        load_config(ExperimentConfig, path)
