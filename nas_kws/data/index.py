@@ -65,8 +65,12 @@ class DatasetIndex:
         h.update(json.dumps([self.source, self.classes], sort_keys=True).encode())
         files = sorted({c.path for clips in self.splits.values() for c in clips} | set(self.noise_files))
         for rel in files:
-            st = os.stat(Path(self.root) / rel)
-            h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            try:
+                st = os.stat(Path(self.root) / rel)
+                state = f"{st.st_size}\0{st.st_mtime_ns}"
+            except FileNotFoundError:   # the store reports it as skipped; don't fail here
+                state = "missing"
+            h.update(f"{rel}\0{state}\n".encode())
         for split in sorted(self.splits):
             for c in self.splits[split]:
                 h.update(f"{split}\0{c.path}\0{c.label}\0{c.start}\0{c.gain}\n".encode())

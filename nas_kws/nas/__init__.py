@@ -1,0 +1,1 @@
+"""ProxylessNAS search over KWS search spaces: spaces, supernet, costs, losses, derivation."""

@@ -1,0 +1,219 @@
+"""Search spaces: a genotype with `choices:` at the searchable positions, checked on load.
+
+    features: {kind: mfcc, n_mfcc: 10, ...}
+    channel_divisor: 8                 # --width_mult rounds channels to multiples of this
+    stem: {out_channels: 72, kernel: [5, 11], stride: [1, 2], act: relu6}
+    blocks:
+      - {op: mbconv, out_channels: 72, kernel: 3, expand: 3, stride: 2}   # a fixed block
+      - repeat: 11                     # 11 positions with the same choices
+        choices:
+          - {op: mbconv, out_channels: 72, grid: {kernel: [3, 5, 7], expand: [1, 2, 3]}}
+          - {op: zero}
+    head: {type: pool_linear, channels: 144}
+
+`grid` expands to the product of its lists (here 9 MBConv choices). Every choice is checked
+with the genotype rules, and all choices of a position must give the same output shape, so any
+pick of one choice per position is a buildable genotype. Errors name the position and value.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nas_kws.features import FeatureConfig
+from nas_kws.models.genotype import (Shape, check_block, check_head, check_stem, describe_block,
+                                     input_shape)
+from nas_kws.models.mbconv import make_divisible
+
+SPACES_DIR = Path(__file__).resolve().parent.parent.parent / "search_spaces"
+SPACE_KEYS = ("name", "description", "features", "channel_divisor", "stem", "blocks", "head")
+ENTRY_KEYS = ("choices", "repeat")
+
+
+@dataclass
+class Position:
+    """One block slot of the net: its candidate blocks (one when the slot is fixed)."""
+    index: int
+    where: str
+    in_shape: Shape
+    out_shape: Shape
+    choices: list[dict[str, Any]]
+
+    @property
+    def searchable(self) -> bool:
+        return len(self.choices) > 1
+
+    @property
+    def labels(self) -> list[str]:
+        return [describe_block(c) for c in self.choices]
+
+
+@dataclass
+class SearchSpace:
+    name: str
+    source: str
+    features: FeatureConfig
+    stem: dict[str, Any]
+    positions: list[Position]
+    head: dict[str, Any]
+
+    @property
+    def searchable(self) -> list[Position]:
+        return [p for p in self.positions if p.searchable]
+
+    @property
+    def head_in_shape(self) -> Shape:
+        return self.positions[-1].out_shape
+
+    def size(self) -> int:
+        """How many distinct nets the space holds."""
+        count = 1
+        for position in self.positions:
+            count *= len(position.choices)
+        return count
+
+    def genotype(self, picks: list[int], num_classes: int = 12,
+                 classes: list[str] | None = None) -> dict[str, Any]:
+        """The genotype with choice `picks[i]` at searchable position i."""
+        searchable = self.searchable
+        if len(picks) != len(searchable):
+            raise ValueError(f"{self.name}: expected {len(searchable)} picks, got {len(picks)}")
+        chosen = dict(zip((p.index for p in searchable), picks))
+        blocks = [dict(p.choices[chosen.get(p.index, 0)]) for p in self.positions]
+        genotype = {"name": self.name, "features": self.features.to_dict(),
+                    "num_classes": num_classes, "stem": dict(self.stem), "blocks": blocks,
+                    "head": dict(self.head)}
+        if classes:
+            genotype["classes"] = list(classes)
+        return genotype
+
+
+def space_path(name_or_path: str | Path) -> Path:
+    """A bundled space by name (search_spaces/<name>.yaml) or a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise FileNotFoundError(f"search space file not found: {path}")
+        return path
+    bundled = SPACES_DIR / f"{name_or_path}.yaml"
+    if not bundled.is_file():
+        names = sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
+        raise ValueError(f"unknown search space {str(name_or_path)!r}; expected a .yaml file or "
+                         f"one of {names}")
+    return bundled
+
+
+def load_space(name_or_path: str | Path, width_mult: float = 1.0,
+               features: dict[str, Any] | None = None) -> SearchSpace:
+    """Read and validate a space; `features` overrides FeatureConfig keys (e.g. n_mfcc)."""
+    path = space_path(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML ({err})") from None
+    return parse_space(data, str(path), width_mult, features or {})
+
+
+def parse_space(data: Any, where: str, width_mult: float = 1.0,
+                features: dict[str, Any] | None = None) -> SearchSpace:
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping with keys {list(SPACE_KEYS)}")
+    unknown = sorted(set(data) - set(SPACE_KEYS))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys: {list(SPACE_KEYS)}")
+    for key in ("features", "stem", "blocks", "head"):
+        if key not in data:
+            raise ValueError(f"{where}: missing required key {key!r}")
+    if not isinstance(data["features"], dict):
+        raise ValueError(f"{where}: features: expected a mapping of FeatureConfig keys")
+    feature_config = FeatureConfig.from_dict({**data["features"], **(features or {})},
+                                             where=f"{where}: features")
+    if width_mult <= 0:
+        raise ValueError(f"width_mult: expected > 0, got {width_mult}")
+    divisor = data.get("channel_divisor", 1)
+    if not isinstance(divisor, int) or divisor < 1:
+        raise ValueError(f"{where}: channel_divisor: expected an integer >= 1, got {divisor!r}")
+
+    def scale(block: dict[str, Any], key: str) -> dict[str, Any]:
+        if width_mult == 1 or not isinstance(block, dict) or not isinstance(block.get(key), int):
+            return block
+        return {**block, key: make_divisible(block[key] * width_mult, divisor)}
+
+    stem, shape = check_stem(scale(data["stem"], "out_channels"), input_shape(feature_config),
+                             f"{where}: stem")
+    entries = data["blocks"]
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"{where}: blocks: expected a non-empty list")
+    positions: list[Position] = []
+    for i, entry in enumerate(entries):
+        entry_where = f"{where}: blocks[{i}]"
+        choices, repeat = _entry_choices(entry, entry_where)
+        for r in range(repeat):
+            at = f"{entry_where} (position {len(positions)})" if repeat > 1 else entry_where
+            position = _check_position(len(positions), at, [scale(c, "out_channels") for c in choices],
+                                       shape)
+            positions.append(position)
+            shape = position.out_shape
+    head = check_head(scale(data["head"], "channels"), f"{where}: head")
+    return SearchSpace(str(data.get("name", Path(where).stem)), where, feature_config, stem,
+                       positions, head)
+
+
+def _entry_choices(entry: Any, where: str) -> tuple[list[dict[str, Any]], int]:
+    """A blocks entry -> (its raw choices with grids expanded, repeat count)."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where}: expected a block mapping or {{choices: [...]}}, got {entry!r}")
+    repeat = entry.get("repeat", 1)
+    if not isinstance(repeat, int) or isinstance(repeat, bool) or repeat < 1:
+        raise ValueError(f"{where}.repeat: expected an integer >= 1, got {repeat!r}")
+    if "choices" not in entry:
+        return _expand_grid({k: v for k, v in entry.items() if k != "repeat"}, where), repeat
+    extra = sorted(set(entry) - set(ENTRY_KEYS))
+    if extra:
+        raise ValueError(f"{where}: unknown key(s) {extra} next to 'choices'; put block keys "
+                         f"inside each choice")
+    raw = entry["choices"]
+    if not isinstance(raw, list) or not raw:
+        raise ValueError(f"{where}.choices: expected a non-empty list of blocks, got {raw!r}")
+    choices = []
+    for j, choice in enumerate(raw):
+        choices += _expand_grid(choice, f"{where}.choices[{j}]")
+    return choices, repeat
+
+
+def _expand_grid(block: Any, where: str) -> list[dict[str, Any]]:
+    if not isinstance(block, dict) or "grid" not in block:
+        return [block]
+    grid = block["grid"]
+    if not isinstance(grid, dict) or not grid or not all(
+            isinstance(v, list) and v for v in grid.values()):
+        raise ValueError(f"{where}.grid: expected a mapping of key -> non-empty list of values, "
+                         f"got {grid!r}")
+    clash = sorted(set(grid) & set(block))
+    if clash:
+        raise ValueError(f"{where}.grid: key(s) {clash} also given outside the grid")
+    base = {k: v for k, v in block.items() if k != "grid"}
+    return [{**base, **dict(zip(grid, combo))} for combo in itertools.product(*grid.values())]
+
+
+def _check_position(index: int, where: str, raw: list[Any], in_shape: Shape) -> Position:
+    choices: list[dict[str, Any]] = []
+    out_shape: Shape | None = None
+    for j, choice in enumerate(raw):
+        block, shape = check_block(choice, in_shape, f"{where} choice {j}")
+        label = describe_block(block)
+        if block in choices:
+            raise ValueError(f"{where} choice {j} ({label}): listed twice")
+        if out_shape is not None and shape != out_shape:
+            hint = ("; zero (skip) is only possible where a block keeps its input shape "
+                    f"{in_shape}" if "zero" in (block["op"], choices[0]["op"]) else "")
+            raise ValueError(f"{where} choice {j} ({label}): output shape (channels, bins, "
+                             f"frames) {shape} differs from choice 0 ({describe_block(choices[0])})"
+                             f" {out_shape}; all choices of a position must agree{hint}")
+        out_shape = shape
+        choices.append(block)
+    return Position(index, where, in_shape, out_shape, choices)

@@ -1,0 +1,136 @@
+"""ONNX export: fp32 from any float model, int8 (QCDQ) from a Brevitas twin.
+
+The graph maps the features of one clip (1, 1, bins, frames) to logits, the shape a device runs,
+so every shape computation (SubSpectralNorm's reshapes, 'SAME' padding) folds into constants; the
+frontend (STFT, mel, log or DCT)
+is not in it, because ONNX's STFT/mel support varies between runtimes and an MCU computes
+features with its own DSP code anyway. The FeatureConfig, the class names and the model spec
+travel in the file's metadata_props (JSON), so a runtime can compute exactly the features the net
+was trained on (nas_kws.features.Frontend(FeatureConfig.from_dict(...)) in Python).
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from nas_kws.fileio import atomic_write
+from nas_kws.quant.fold import example_input
+
+INPUT, OUTPUT = "features", "logits"
+OPSET = 17
+INTEGER_OPS = {"QLinearConv", "QGemm", "QLinearMatMul", "ConvInteger", "MatMulInteger",
+               "QLinearAdd", "QLinearMul", "QLinearGlobalAveragePool", "QLinearAveragePool",
+               "QLinearSigmoid", "QLinearLeakyRelu", "QLinearConcat"}
+FLOAT_WEIGHT_OPS = {"Conv", "Gemm", "MatMul", "FusedConv", "FusedGemm", "FusedMatMul"}
+
+
+def metadata_for(model: nn.Module, classes: list[str]) -> dict[str, str]:
+    return {"feature_config": json.dumps(model.feature_config.to_dict()),
+            "classes": json.dumps(list(classes)),
+            "model_spec": json.dumps(model.spec),
+            "input": f"{INPUT}: (1, 1, bins, frames) from "
+                     "nas_kws.features.Frontend(FeatureConfig.from_dict(feature_config))"}
+
+
+def _export_with_metadata(path: str | Path, export: Callable[[Path], None],
+                          metadata: dict[str, str]) -> Path:
+    def write(tmp: Path) -> None:
+        export(tmp)
+        proto = onnx.load(str(tmp))
+        for key, value in metadata.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(tmp))
+
+    return atomic_write(path, write)
+
+
+def export_fp32(model: nn.Module, path: str | Path, classes: list[str]) -> Path:
+    """The float model (batch norm and all) as ONNX opset 17."""
+    model = model.cpu().eval()
+    example = example_input(model, batch=1)
+
+    def export(tmp: Path) -> None:
+        with torch.no_grad():
+            torch.onnx.export(model, (example,), str(tmp), dynamo=False, opset_version=OPSET,
+                              input_names=[INPUT], output_names=[OUTPUT])
+
+    return _export_with_metadata(path, export, metadata_for(model, classes))
+
+
+def export_int8(twin: nn.Module, path: str | Path, classes: list[str]) -> Path:
+    """A calibrated or QAT Brevitas twin as a QCDQ graph (Quantize-Clip-Dequantize around each
+    layer), which onnxruntime fuses into integer kernels."""
+    from brevitas.export import export_onnx_qcdq
+
+    twin = twin.cpu().eval()
+    example = example_input(twin, batch=1)
+
+    def export(tmp: Path) -> None:
+        with torch.no_grad():
+            export_onnx_qcdq(twin, args=example, export_path=str(tmp), dynamo=False,
+                             opset_version=OPSET, input_names=[INPUT], output_names=[OUTPUT])
+
+    return _export_with_metadata(path, export, metadata_for(twin, classes))
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The JSON metadata an export wrote (feature_config, classes, model_spec, input)."""
+    proto = onnx.load(str(path), load_external_data=False)
+    out: dict[str, Any] = {}
+    for entry in proto.metadata_props:
+        try:
+            out[entry.key] = json.loads(entry.value)
+        except json.JSONDecodeError:
+            out[entry.key] = entry.value
+    return out
+
+
+def session(path: str | Path, threads: int = 1,
+            optimized_path: str | Path | None = None) -> ort.InferenceSession:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: ONNX model not found")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    if optimized_path is not None:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = str(optimized_path)
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def optimized_ops(path: str | Path) -> Counter:
+    """Op types of the graph onnxruntime actually runs after its (extended) optimizations,
+    where QDQ groups become integer kernels."""
+    with tempfile.TemporaryDirectory() as tmp:
+        optimized = Path(tmp) / "optimized.onnx"
+        session(path, optimized_path=optimized)
+        return Counter(node.op_type for node in onnx.load(str(optimized)).graph.node)
+
+
+def kernel_summary(path: str | Path) -> dict[str, Any]:
+    """How many integer kernels and float conv/gemm kernels the optimized graph runs."""
+    ops = optimized_ops(path)
+    return {"integer_kernels": sum(n for op, n in ops.items() if op in INTEGER_OPS),
+            "float_weight_kernels": sum(n for op, n in ops.items() if op in FLOAT_WEIGHT_OPS),
+            "ops": dict(sorted(ops.items()))}
+
+
+def onnx_logits(path: str | Path, features: np.ndarray | torch.Tensor,
+                threads: int = 1) -> np.ndarray:
+    """Logits of an exported model on (N, 1, bins, frames) features, one clip per run."""
+    sess = session(path, threads)
+    feats = np.asarray(features, dtype=np.float32)
+    return np.concatenate([sess.run([OUTPUT], {INPUT: feats[i:i + 1]})[0] for i in range(len(feats))])

@@ -1,0 +1,76 @@
+"""onnxruntime latency per clip (batch 1, one thread, median after warm-up) and peak memory.
+
+The measurement runs in a fresh spawned process, so its peak resident memory belongs to this
+model alone: `peak_rss_mb` is the process's high-water mark minus its level after importing
+onnxruntime and numpy, i.e. the session (weights, arena, activations) and its runs.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import resource
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+@dataclass
+class Latency:
+    model: str
+    median_ms: float
+    p90_ms: float
+    min_ms: float
+    runs: int
+    warmup: int
+    threads: int
+    peak_rss_mb: float
+    file_kb: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _max_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _measure(path: str, runs: int, warmup: int, threads: int) -> dict:
+    import numpy as np
+
+    from nas_kws.quant.export import INPUT, session
+
+    baseline = _max_rss_mb()
+    sess = session(path, threads)
+    shape = [d if isinstance(d, int) else 1 for d in sess.get_inputs()[0].shape]
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    for _ in range(warmup):
+        sess.run(None, {INPUT: x})
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        sess.run(None, {INPUT: x})
+        times.append((time.perf_counter() - start) * 1000)
+    times.sort()
+    return {"median_ms": statistics.median(times), "p90_ms": times[int(0.9 * (len(times) - 1))],
+            "min_ms": times[0], "peak_rss_mb": _max_rss_mb() - baseline}
+
+
+def measure_latency(path: str | Path, runs: int = 300, warmup: int = 30,
+                    threads: int = 1) -> Latency:
+    """Latency of one clip through the ONNX model at `path`, in a separate process."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: ONNX model not found")
+    if runs < 1 or warmup < 0:
+        raise ValueError(f"runs/warmup: expected runs >= 1 and warmup >= 0, got {runs}/{warmup}")
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        result = pool.apply(_measure, (str(path), runs, warmup, threads))
+    return Latency(model=str(path), runs=runs, warmup=warmup, threads=threads,
+                   file_kb=path.stat().st_size / 1024, **result)
+
+
+def format_latency(lat: Latency) -> str:
+    return (f"{lat.model}: median {lat.median_ms:.3f} ms, p90 {lat.p90_ms:.3f} ms, "
+            f"min {lat.min_ms:.3f} ms per clip ({lat.runs} runs after {lat.warmup} warm-up, "
+            f"{lat.threads} thread); peak memory +{lat.peak_rss_mb:.1f} MB; "
+            f"file {lat.file_kb:.1f} KiB")
