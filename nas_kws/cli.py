@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     set_threads()
     try:
         return args.func(args) or 0
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:
         print(f"nas-kws {args.command}: error: {err}", file=sys.stderr)
         return 2
 

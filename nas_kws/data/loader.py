@@ -35,8 +35,11 @@ def open_index(cfg: DataConfig) -> DatasetIndex:
         from nas_kws.data.synth import ensure_synth
 
         root = ensure_synth(seed=cfg.seed, size=cfg.synth_size)
-    version = 2 if cfg.dataset == "synth" else cfg.version
-    return index_gsc(root, version=version, task=cfg.task, seed=cfg.seed)
+    if cfg.dataset == "gsc":
+        return index_gsc(root, version=cfg.version, task=cfg.task, seed=cfg.seed)
+    index = index_gsc(root, version=2, task=cfg.task, seed=cfg.seed)
+    index.source = f"synth/{cfg.task}"
+    return index
 
 
 def open_dataset(cfg: DataConfig, progress: bool = True):

@@ -79,7 +79,7 @@ class SynthSize:
 SYNTH_SIZES = {
     "tiny": SynthSize(speakers=6, keyword_takes=1, other_takes=1, noise_seconds=5),         # 210 clips: tests
     "small": SynthSize(speakers=24, keyword_takes=2, other_takes=1, noise_seconds=30),      # 1,080: demos
-    "default": SynthSize(speakers=80, keyword_takes=3, other_takes=1, noise_seconds=60),    # 4,400
+    "default": SynthSize(speakers=120, keyword_takes=2, other_takes=1, noise_seconds=60),   # 5,400
     "large": SynthSize(speakers=400, keyword_takes=5, other_takes=2, noise_seconds=60),     # 40,000
 }
 
@@ -241,8 +241,8 @@ def make_babble(seed: int, tag: int, seconds: int) -> np.ndarray:
     streams = []
     for _ in range(v.babble_talkers):
         voice = f"{rng.choice(ACCENTS)}+{rng.choice(espeak.variants())}"
-        rate = int(rng.integers(*v.speaker_rate_wpm))
-        pitch = int(rng.integers(*v.speaker_pitch))
+        rate = int(rng.integers(v.speaker_rate_wpm[0], v.speaker_rate_wpm[1] + 1))
+        pitch = int(rng.integers(v.speaker_pitch[0], v.speaker_pitch[1] + 1))
         parts, have = [], 0
         while have < need:
             words = rng.choice(FILLER_WORDS, size=int(rng.integers(6, 15)))
@@ -323,8 +323,9 @@ def _readme(recipe: dict, size: SynthSize, counts: dict[str, int]) -> str:
         f"other word.\nClips: {counts['train']} train, {counts['valid']} validation, {counts['test']} test.\n"
         "A speaker is an eSpeak voice setting (accent, timbre variant, pitch, range, rate); speakers and\n"
         "timbre variants are disjoint across the splits. Per clip: rate and pitch jitter, intonation,\n"
-        "position, level, reverberation, background noise at random SNR. All ranges, the speakers\n"
-        f"and the library versions are in {CONFIG_NAME}. Same seed and size -> identical files.\n")
+        "position, level, reverberation, background noise at random SNR. The noise files are at\n"
+        f"-20 dBFS RMS. All ranges, the speakers and the library versions are in {CONFIG_NAME}.\n"
+        "Same seed and size -> identical files.\n")
 
 
 def generate_synth(out: Path, seed: int = 0, size: str = "default", progress: bool = True,
@@ -356,6 +357,7 @@ def generate_synth(out: Path, seed: int = 0, size: str = "default", progress: bo
         with context.Pool(workers, maxtasksperchild=1) as pool, \
                 tqdm(total=spec.speakers * spec.clips_per_speaker, desc=f"synth {size}", unit="clip",
                      disable=not progress) as bar:
+            # two independent babbles: one mixed into clips, one for `_background_noise_`
             bank = pool.apply(make_babble, (seed, 0, VARIATION.babble_bank_seconds))
             background = pool.apply_async(make_babble, (seed, 1, spec.noise_seconds))
             jobs = [(str(out), seed, s, spec, bank) for s in speakers]

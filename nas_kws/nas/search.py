@@ -241,7 +241,8 @@ class _Search:
         seed_everything(self.t.seed)
         self.supernet = Supernet(self.space, len(self.classes))
         self.table: MacsTable = macs_table(self.supernet)
-        self.supernet.to(self.device)
+        self.memory_format = torch.channels_last if self.t.channels_last else torch.contiguous_format
+        self.supernet.to(self.device, memory_format=self.memory_format)
         ref = self.s.flops_ref_value
         self.budget = None
         if self.s.grad_reg_loss_type == "budget":
@@ -320,7 +321,7 @@ class _Search:
     def arch_step(self, waves: torch.Tensor, labels: torch.Tensor,
                   generator: torch.Generator) -> tuple[float, float]:
         with torch.no_grad():
-            feats = self.pipe.frontend(waves.to(self.device))
+            feats = self.pipe.frontend(waves.to(self.device)).contiguous(memory_format=self.memory_format)
         labels = labels.to(self.device)
         self.supernet.sample_gates(self.s.grad_binary_mode, generator)
         ce = F.cross_entropy(self.supernet(feats), labels)
@@ -360,6 +361,7 @@ class _Search:
             for group in self.weight_opt.param_groups:
                 group["lr"] = lr
             feats, labels = self.pipe.train_batch(waves, labels, augment_gen)
+            feats = feats.contiguous(memory_format=self.memory_format)
             loss, hits = self.weight_step(feats, labels, path_gen, warm, f"epoch {epoch} step {step}")
             loss_sum, correct, seen = loss_sum + loss * len(labels), correct + hits, seen + len(labels)
             if not warm and (step + 1) % self.s.grad_update_arch_param_every == 0:

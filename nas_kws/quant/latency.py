@@ -1,14 +1,17 @@
 """onnxruntime latency per clip (batch 1, one thread, median after warm-up) and peak memory.
 
-The measurement runs in a fresh spawned process, so its peak resident memory belongs to this
-model alone: `peak_rss_mb` is the process's high-water mark minus its level after importing
-onnxruntime and numpy, i.e. the session (weights, arena, activations) and its runs.
+The measurement runs in a fresh Python process (`python -m nas_kws.quant.latency MODEL ...`),
+so its peak resident memory belongs to this model alone: `peak_rss_mb` is the process's
+high-water mark minus its level after importing onnxruntime and numpy, i.e. the session
+(weights, arena, activations) and its runs.
 """
 from __future__ import annotations
 
-import multiprocessing
+import json
 import resource
 import statistics
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -63,8 +66,11 @@ def measure_latency(path: str | Path, runs: int = 300, warmup: int = 30,
         raise FileNotFoundError(f"{path}: ONNX model not found")
     if runs < 1 or warmup < 0:
         raise ValueError(f"runs/warmup: expected runs >= 1 and warmup >= 0, got {runs}/{warmup}")
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        result = pool.apply(_measure, (str(path), runs, warmup, threads))
+    child = subprocess.run([sys.executable, "-m", __name__, str(path), str(runs), str(warmup),
+                            str(threads)], capture_output=True, text=True)
+    if child.returncode != 0:
+        raise RuntimeError(f"{path}: latency measurement failed: {child.stderr.strip()[-2000:]}")
+    result = json.loads(child.stdout.strip().splitlines()[-1])
     return Latency(model=str(path), runs=runs, warmup=warmup, threads=threads,
                    file_kb=path.stat().st_size / 1024, **result)
 
@@ -74,3 +80,8 @@ def format_latency(lat: Latency) -> str:
             f"min {lat.min_ms:.3f} ms per clip ({lat.runs} runs after {lat.warmup} warm-up, "
             f"{lat.threads} thread); peak memory +{lat.peak_rss_mb:.1f} MB; "
             f"file {lat.file_kb:.1f} KiB")
+
+
+if __name__ == "__main__":
+    model, n_runs, n_warmup, n_threads = sys.argv[1], *map(int, sys.argv[2:5])
+    print(json.dumps(_measure(model, n_runs, n_warmup, n_threads)))

@@ -189,5 +189,5 @@ def layer_bits(twin: nn.Module) -> dict[str, tuple[int, int]]:
     found = {}
     for name, module in twin.named_modules():
         if isinstance(module, tuple(QUANT_CLASSES.values())):
-            found[name] = (int(module.quant_weight_bit_width()), int(module.quant_input_bit_width()))
+            found[name] = (int(module.weight_quant.bit_width()), int(module.input_quant.bit_width()))
     return found
