@@ -2,11 +2,22 @@
 generated features (no audio), so accuracy is far above chance within seconds."""
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from nas_kws.features import FeatureConfig
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """These nets are tiny: one thread beats two (5x on a busy 2-core machine, where two
+    threads mostly wait on each other); restored for the modules that follow."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def pattern_features(n: int, shape: tuple[int, int], classes: int = 4,

@@ -281,8 +281,8 @@ def test_search_resume_gives_the_same_alphas_and_weights(tone_root, tmp_path):
     a = RunDir(tmp_path / "a").load_checkpoint("last")["supernet"]
     b = RunDir(tmp_path / "b").load_checkpoint("last")["supernet"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    alphas = [k for k in a if k.endswith(".alpha")]
-    assert len(alphas) == 3 and any(a[k].abs().sum() > 0 for k in alphas)   # arch steps happened
+    assert len([k for k in a if k.endswith(".alpha")]) == 3
+    assert RunDir(tmp_path / "b").load_checkpoint("last")["arch_optimizer"]["state"]  # arch steps ran
     assert straight["blocks"] == resumed["blocks"]
     assert straight["derived_macs"] == resumed["derived_macs"]
     # the run directory

@@ -1,10 +1,11 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from quant_helpers import accuracy, pattern_features, tiny_genotype, train_on
+from quant_helpers import accuracy, pattern_features, single_thread, tiny_genotype, train_on  # noqa: F401
 from torch import nn
 
 from nas_kws.models import create_model
+from nas_kws.models.dscnn import SameConv2d
 from nas_kws.models.genotype import build_from_genotype
 from nas_kws.profiling import profile_model
 from nas_kws.quant.derived import build_from_spec
@@ -39,10 +40,11 @@ def with_random_norm_stats(model: nn.Module) -> nn.Module:
 
 @pytest.fixture(scope="module")
 def trained():
-    """DS-CNN-S (10 MFCC x 49) trained on the pattern task, with held-out features."""
-    model = build("dscnn_s")
+    """A small searched-style net (MBConv + BC-Res on 10 MFCC) trained on the pattern task,
+    with held-out features."""
+    model = build("genotype")
     shape = model.feature_config.shape
-    train_on(model, *pattern_features(256, shape), steps=40)
+    train_on(model, *pattern_features(256, shape), steps=50)
     test_feats, test_labels = pattern_features(200, shape, seed=1)
     assert accuracy(model, test_feats, test_labels) > 0.9
     return model, test_feats, test_labels
@@ -124,38 +126,34 @@ def test_per_channel_rounding_is_never_worse_than_per_tensor(trained):
 
 # --- Brevitas twin -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["dscnn_s", "genotype", "bcresnet1"])
+@pytest.mark.parametrize("name", ["genotype", "dscnn_s", "bcresnet1"])
 def test_twin_at_8_bits_matches_its_float_parent_before_fine_tuning(name, trained):
-    if name == "dscnn_s":
+    if name == "genotype":
         model, feats, _ = trained
-    else:
-        model = build(name)
-        feats = pattern_features(64, model.feature_config.shape, seed=1)[0]
-        if name == "genotype":
-            train_on(model, *pattern_features(128, model.feature_config.shape), steps=30)
-        else:
-            with_random_norm_stats(model)
+        feats = feats[:64]
+    else:  # untrained, with batch-norm statistics to fold; covers SAME padding and SSN
+        model = with_random_norm_stats(build(name))
+        feats = pattern_features(16, model.feature_config.shape, seed=1)[0]
     twin = quant_twin(model, QuantSpec(8, 8))
-    calibrate(twin, feats.split(32))
+    calibrate(twin, feats.split(16))
     with torch.no_grad():
         ref, out = model(feats), twin(feats)
     assert ((out - ref).norm() / ref.norm()).item() < 0.05
-    assert (out.argmax(1) == ref.argmax(1)).float().mean().item() >= 0.95
+    assert (out.argmax(1) == ref.argmax(1)).float().mean().item() >= 0.9
     convs = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     assert len(layer_bits(twin)) == len(convs)
 
 
-def test_quant_spec_bits_per_layer_from_yaml(tmp_path):
-    model = build("dscnn_s")
+def test_quant_spec_bits_per_layer_from_yaml(tmp_path, trained):
     path = tmp_path / "bits.yaml"
     path.write_text("weight_bits: 4\nact_bits: 6\nfirst_last_bits: 8\n"
-                    "layers:\n  'features.2.*': {weight_bits: 2}\n"
-                    "  'features.4.0': {weight_bits: 3, act_bits: 5}\n")
+                    "layers:\n  'blocks.0.*': {weight_bits: 2}\n"
+                    "  'blocks.1.conv.3': {weight_bits: 3, act_bits: 5}\n")
     spec = load_quant_spec(path, {"act_bits": None})
-    bits = layer_bits(quant_twin(model, spec))
-    assert bits["features.0.0"] == (8, 8) and bits["classifier"] == (8, 8)   # first, last
-    assert bits["features.2.0"] == (2, 6) and bits["features.4.0"] == (3, 5)
-    assert bits["features.6.0"] == (4, 6)
+    bits = layer_bits(quant_twin(trained[0], spec))
+    assert bits["stem.0"] == (8, 8) and bits["head.5"] == (8, 8)   # first and last layers
+    assert bits["blocks.0.conv.0"] == (2, 6) and bits["blocks.0.conv.3"] == (2, 6)
+    assert bits["blocks.1.conv.3"] == (3, 5) and bits["blocks.1.conv.0"] == (4, 6)
     assert spec.tag == "w4a6_fl8_custom"
     for bad, match in [({"weight_bits": 9}, "weight_bits: expected an integer bit width 2..8"),
                        ({"act_bits": 1}, "act_bits"), ({"bits": 4}, "unknown key"),
@@ -167,7 +165,7 @@ def test_quant_spec_bits_per_layer_from_yaml(tmp_path):
 def test_qat_gradients_reach_weights_and_scales_and_training_lowers_the_loss(trained):
     model, feats, labels = trained
     twin = quant_twin(model, QuantSpec(4, 4))
-    calibrate(twin, feats[:64].split(32))
+    calibrate(twin, feats[:32].split(16))
     twin.train()
     loss = F.cross_entropy(twin(feats[:32]), labels[:32])
     loss.backward()
@@ -179,19 +177,20 @@ def test_qat_gradients_reach_weights_and_scales_and_training_lowers_the_loss(tra
     for name in conv_weights + weight_scales + act_scales:
         assert grads[name] is not None and grads[name].abs().sum() > 0, name
     twin.zero_grad()
-    before = F.cross_entropy(twin(feats[:64]), labels[:64]).item()
+    batch, target = feats[:32], labels[:32]
+    before = F.cross_entropy(twin(batch), target).item()
     opt = torch.optim.Adam(twin.parameters(), lr=1e-3)
     for _ in range(5):
         opt.zero_grad()
-        F.cross_entropy(twin(feats[:64]), labels[:64]).backward()
+        F.cross_entropy(twin(batch), target).backward()
         opt.step()
-    assert F.cross_entropy(twin(feats[:64]), labels[:64]).item() < before
+    assert F.cross_entropy(twin(batch), target).item() < before
 
 
 def test_twin_rebuilds_from_its_spec(trained):
     model, feats, _ = trained
     twin = quant_twin(model, QuantSpec(6, 8, first_last_bits=8))
-    calibrate(twin, feats[:64].split(32))
+    calibrate(twin, feats[:32].split(16))
     twin.eval()
     rebuilt = build_from_spec(twin.spec, num_classes=4)
     rebuilt.load_state_dict(twin.state_dict())
@@ -202,19 +201,12 @@ def test_twin_rebuilds_from_its_spec(trained):
 
 # --- SVD -----------------------------------------------------------------------------------
 
-class SameConv(nn.Conv2d):
-    """A conv subclass with its own padding rule, like DS-CNN's TensorFlow 'SAME'."""
-
-    def forward(self, x):
-        return super().forward(F.pad(x, (1, 2, 0, 1)))
-
-
 @pytest.mark.parametrize("layer, shape", [
     (nn.Linear(20, 12), (3, 20)),
     (nn.Conv2d(8, 16, 1, stride=2), (2, 8, 9, 9)),
     (nn.Conv2d(6, 10, (3, 5), stride=(2, 1), padding=(1, 2), dilation=(1, 2)), (2, 6, 11, 13)),
     (nn.Conv2d(6, 10, 3, padding="same", bias=False), (2, 6, 11, 13)),
-    (SameConv(4, 8, (2, 4)), (2, 4, 10, 49)),
+    (SameConv2d(4, 8, (4, 10), stride=(2, 2)), (2, 4, 10, 49)),  # DS-CNN's padding rule
 ])
 def test_svd_at_full_rank_reproduces_the_layer(layer, shape):
     x = torch.randn(*shape)
@@ -232,6 +224,7 @@ def test_svd_greedy_ranks_meet_the_mac_target_and_rebuild(trained):
     model, feats, labels = trained
     layers = compressible_layers(model)
     assert {info.kind for info in layers.values()} == {"spatial", "pointwise", "linear"}
+    assert "blocks.1.conv.0" in layers and "blocks.1.conv.3" not in layers  # depthwise stays
 
     def score(m):
         with torch.no_grad():
@@ -242,11 +235,18 @@ def test_svd_greedy_ranks_meet_the_mac_target_and_rebuild(trained):
     ranks = select_ranks(options, total, int(0.6 * total))
     compressed = apply_ranks(model, ranks)
     assert profile_model(compressed).macs <= 0.6 * total
-    spec = {"base": model.spec, "svd_ranks": ranks}
-    rebuilt = build_from_spec(spec, num_classes=4)
+    compressed.spec = {"base": model.spec, "svd_ranks": ranks}
+    rebuilt = build_from_spec(compressed.spec, num_classes=4)
     rebuilt.load_state_dict(compressed.state_dict())
     with torch.no_grad():
         assert torch.equal(rebuilt.eval()(feats[:8]), compressed.eval()(feats[:8]))
+    # a compressed net quantizes like any other, and its nested spec rebuilds the twin
+    twin = quant_twin(compressed, QuantSpec(8, 8))
+    calibrate(twin, feats[:32].split(16))
+    again = build_from_spec(twin.spec, num_classes=4)
+    again.load_state_dict(twin.state_dict())
+    with torch.no_grad():
+        assert torch.equal(again.eval()(feats[:8]), twin(feats[:8]))
     with pytest.raises(ValueError, match="unreachable by SVD"):
         select_ranks(options, total, int(0.01 * total))
     with pytest.raises(ValueError, match="has no layer 'nope'"):

@@ -82,7 +82,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     synth = sub.add_parser("synth", help="generate the synthetic GSC-shaped set (no download)")
     synth.add_argument("--out", type=Path, required=True)
     synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--size", choices=("tiny", "small", "default"), default="default")
+    synth.add_argument("--size", choices=("tiny", "small", "default", "large"), default="default")
     synth.set_defaults(func=run_synth)
 
     for parser in (gsc, folders, synth):

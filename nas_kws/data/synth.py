@@ -35,7 +35,7 @@ from nas_kws.data import espeak
 from nas_kws.data.noise import babble, make_noise, unit_rms
 from nas_kws.fileio import cache_dir, write_json, write_text
 
-RECIPE_VERSION = 2          # bump when the output of a seed changes; it names the cache folder
+RECIPE_VERSION = 3          # bump when the output of a seed changes; it names the cache folder
 SAMPLE_RATE = 16000
 CLIP_SAMPLES = SAMPLE_RATE  # 1 s, as GSC
 KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")

@@ -150,7 +150,8 @@ class BCResBottleneck(nn.Module):
 def _mbconv_shape(args: dict, shape: Shape, where: str) -> Shape:
     _, bins, frames = shape
     sf, st = as_pair(args["stride"])
-    return args["out_channels"], conv_out(bins, args["kernel"], sf), conv_out(frames, args["kernel"], st)
+    kernel = args["kernel"]
+    return args["out_channels"], conv_out(bins, kernel, sf), conv_out(frames, kernel, st)
 
 
 def _bcres_shape(args: dict, shape: Shape, where: str) -> Shape:
@@ -301,7 +302,8 @@ def input_shape(features: FeatureConfig) -> Shape:
 def check_genotype(genotype: Any, where: str = "genotype") -> dict[str, Any]:
     """The genotype with every default filled in, or a ValueError naming the key or position."""
     if not isinstance(genotype, dict):
-        raise ValueError(f"{where}: expected a mapping with keys {list(TOP_KEYS)}, got {genotype!r}")
+        raise ValueError(f"{where}: expected a mapping with keys {list(TOP_KEYS)}, "
+                         f"got {genotype!r}")
     unknown = sorted(set(genotype) - set(TOP_KEYS))
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys: {list(TOP_KEYS)}")

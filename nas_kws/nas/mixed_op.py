@@ -50,7 +50,8 @@ class MixedOp(nn.Module):
         if len(candidates) < 2:
             raise ValueError(f"MixedOp: expected at least 2 candidates, got {len(candidates)}")
         self.candidates = nn.ModuleList(candidates)
-        self.alpha = nn.Parameter(torch.zeros(len(candidates)))
+        # ProxylessNAS's init: near-uniform, with seeded random tie-breaks for the argmax
+        self.alpha = nn.Parameter(1e-3 * torch.randn(len(candidates)))
         self.active = 0
         self.involved: list[int] = []
         self.gates: torch.Tensor | None = None
@@ -92,7 +93,8 @@ class MixedOp(nn.Module):
         self.gates.requires_grad_(True)
 
     def alpha_grad_from_gates(self, gate_grad: torch.Tensor) -> torch.Tensor:
-        """sum_j dL/dg_j p_j (delta_ij - p_i) over the involved candidates, p renormalised on them."""
+        """sum_j dL/dg_j p_j (delta_ij - p_i) over the involved candidates (p renormalised
+        on them)."""
         idx = torch.tensor(self.involved, device=self.alpha.device)
         p = F.softmax(self.alpha.detach()[idx], dim=0)
         g = gate_grad[idx]

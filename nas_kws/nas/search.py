@@ -44,6 +44,7 @@ from nas_kws.runs import RunDir
 from nas_kws.train import NonFiniteLossError, Pipeline
 
 TARGETS = ("flops", "none")
+RECALIBRATION_BATCHES = 4    # held-out batches that re-estimate BN statistics of the derived path
 
 
 @dataclass
@@ -51,15 +52,15 @@ class ArchSearchConfig:
     """The `search:` section; keys are Peter et al.'s flag names where they have one."""
     search_space: str = "proxyless_kws"   # bundled name or a .yaml file
     width_mult: float = 1.0
-    warmup_epochs: int = 8                # weights only, uniform paths
-    n_epochs: int = 24                    # search epochs
-    warmup_lr: float = 0.05               # weight lr of the warm-up (cosine); search uses train.lr
-    arch_lr: float = 4e-3
+    warmup_epochs: int = 6                # weights only, uniform paths
+    n_epochs: int = 18                    # search epochs
+    warmup_lr: float = 0.2                # weight lr of the warm-up (cosine); search uses train.lr
+    arch_lr: float = 0.02
     arch_adam_beta1: float = 0.0
     arch_adam_beta2: float = 0.999
     arch_adam_eps: float = 1e-8
     grad_update_arch_param_every: int = 5
-    grad_binary_mode: str = "full_v2"     # full_v2 | two
+    grad_binary_mode: str = "two"         # two | full_v2 (7x the cost per architecture step)
     target_hardware: str = "flops"        # flops | none (cross-entropy only)
     flops_ref_value: float = 20e6         # MACs
     grad_reg_loss_type: str = "mul#log"   # mul#log | add#linear | budget
@@ -83,12 +84,14 @@ class SearchConfig:
     search: ArchSearchConfig = field(default_factory=ArchSearchConfig)
 
 
-# Peter et al.'s weight optimizer; the default schedule is short (about 10 minutes on 2 CPU
-# cores for the MFCC space on the default synthetic set), `--preset paper` is theirs.
+# Peter et al.'s weight optimizer. The default schedule is short, sized for the default
+# synthetic set on 2 CPU cores (binary mode `two`, a larger architecture lr and warm-up lr to
+# make up for few steps); `--preset paper` is Peter et al.'s schedule.
 SEARCH_DEFAULTS = {"train.lr": 0.2, "train.nesterov": True, "train.momentum": 0.9,
                    "train.weight_decay": 4e-5, "train.label_smoothing": 0.1,
                    "train.batch_size": 100}
 PRESETS = {"paper": {"search.warmup_epochs": 40, "search.n_epochs": 120, "search.warmup_lr": 0.05,
+                     "search.arch_lr": 4e-3, "search.grad_binary_mode": "full_v2",
                      "train.lr": 0.2, "train.batch_size": 100, "train.max_steps_per_epoch": 0}}
 
 
@@ -157,7 +160,8 @@ def open_space(cfg: SearchConfig) -> SearchSpace:
 
 # --- data ---------------------------------------------------------------------------------------
 
-def split_training(n: int, fraction: float, batch_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def split_training(n: int, fraction: float, batch_size: int,
+                   seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(weight indices, architecture indices): a seeded random `fraction` of the training split
     is held out for architecture steps; it never overlaps the weight batches."""
     n_arch = max(1, int(round(n * fraction)))
@@ -216,7 +220,8 @@ def probability_figure(space: SearchSpace, probs: list[torch.Tensor], title: str
     fig, ax = plt.subplots(figsize=(3 + 0.25 * width, 1 + 0.4 * len(probs)))
     image = ax.imshow(grid, cmap="viridis", vmin=0, vmax=1, aspect="auto")
     names = position_names(space)
-    labels = [f"{n}: {pos.labels[int(p.argmax())]}" for n, pos, p in zip(names, space.searchable, probs)]
+    labels = [f"{name}: {position.labels[int(p.argmax())]}"
+              for name, position, p in zip(names, space.searchable, probs)]
     ax.set_yticks(range(len(probs)), labels, fontsize=7)
     ax.set_xlabel("choice index (order of the search space YAML)")
     ax.set_title(title)
@@ -241,7 +246,8 @@ class _Search:
         seed_everything(self.t.seed)
         self.supernet = Supernet(self.space, len(self.classes))
         self.table: MacsTable = macs_table(self.supernet)
-        self.memory_format = torch.channels_last if self.t.channels_last else torch.contiguous_format
+        self.memory_format = (torch.channels_last if self.t.channels_last
+                              else torch.contiguous_format)
         self.supernet.to(self.device, memory_format=self.memory_format)
         ref = self.s.flops_ref_value
         self.budget = None
@@ -279,8 +285,9 @@ class _Search:
 
     # state --------------------------------------------------------------------------------------
     def state(self, epoch: int) -> dict[str, Any]:
-        return {"supernet": self.supernet.state_dict(), "weight_optimizer": self.weight_opt.state_dict(),
-                "arch_optimizer": self.arch_opt.state_dict(), "epoch": epoch, "rng": rng_state(),
+        return {"supernet": self.supernet.state_dict(), "epoch": epoch, "rng": rng_state(),
+                "weight_optimizer": self.weight_opt.state_dict(),
+                "arch_optimizer": self.arch_opt.state_dict(),
                 "multiplier": self.budget.value if self.budget else None,
                 "history": self.history, "config": to_dict(self.cfg), "space": self.space.name,
                 "features": self.space.features.to_dict(), "classes": self.classes}
@@ -318,10 +325,21 @@ class _Search:
         self.weight_opt.step()
         return loss.item(), int((logits.argmax(1) == labels).sum())
 
+    @torch.no_grad()
+    def features(self, waves: torch.Tensor) -> torch.Tensor:
+        """Clean (not augmented) features, as the architecture steps see them."""
+        feats = self.pipe.frontend(waves.to(self.device))
+        return feats.contiguous(memory_format=self.memory_format)
+
+    def held_out_features(self, epoch: int) -> Iterator[torch.Tensor]:
+        """Up to RECALIBRATION_BATCHES batches of the held-out slice, in an epoch-fixed order."""
+        self.arch_loader.set_epoch(epoch)
+        for _, (waves, _) in zip(range(RECALIBRATION_BATCHES), self.arch_loader):
+            yield self.features(waves)
+
     def arch_step(self, waves: torch.Tensor, labels: torch.Tensor,
                   generator: torch.Generator) -> tuple[float, float]:
-        with torch.no_grad():
-            feats = self.pipe.frontend(waves.to(self.device)).contiguous(memory_format=self.memory_format)
+        feats = self.features(waves)
         labels = labels.to(self.device)
         self.supernet.sample_gates(self.s.grad_binary_mode, generator)
         ce = F.cross_entropy(self.supernet(feats), labels)
@@ -350,7 +368,7 @@ class _Search:
         path_gen = torch.Generator().manual_seed(self.t.seed * 104_729 + epoch)
         arch_batches = endless(self.arch_loader, epoch)
         started = time.time()
-        loss_sum = correct = seen = 0
+        loss_sum, correct, seen = 0.0, 0, 0
         arch_losses = []
         batches = tqdm(self.weight_loader, total=self.steps, leave=False, disable=not self.progress,
                        desc=f"{'warm-up' if warm else 'search'} epoch {epoch}")
@@ -362,8 +380,11 @@ class _Search:
                 group["lr"] = lr
             feats, labels = self.pipe.train_batch(waves, labels, augment_gen)
             feats = feats.contiguous(memory_format=self.memory_format)
-            loss, hits = self.weight_step(feats, labels, path_gen, warm, f"epoch {epoch} step {step}")
-            loss_sum, correct, seen = loss_sum + loss * len(labels), correct + hits, seen + len(labels)
+            loss, hits = self.weight_step(feats, labels, path_gen, warm,
+                                          f"epoch {epoch} step {step}")
+            loss_sum += loss * len(labels)
+            correct += hits
+            seen += len(labels)
             if not warm and (step + 1) % self.s.grad_update_arch_param_every == 0:
                 arch_losses.append(self.arch_step(*next(arch_batches), path_gen)[0])
             batches.set_postfix(loss=f"{loss:.3f}")
@@ -376,6 +397,7 @@ class _Search:
         probs = [p.detach().cpu() for p in self.supernet.probs()]
         picks = self.picks()
         self.supernet.choose(picks)
+        self.supernet.recalibrate_bn(self.held_out_features(epoch))
         valid = evaluate(self.supernet, self.pipe.frontend, self.valid_loader, self.device,
                          len(self.classes))
         self.supernet.train()
@@ -472,7 +494,8 @@ def search(cfg: SearchConfig, run_dir: str | Path, resume: bool = False, store=N
 FLAG_KEYS = {  # flag -> config key (Peter et al.'s flag names where they exist)
     "search_space": "search.search_space", "width_mult": "search.width_mult",
     "n_epochs": "search.n_epochs", "warmup_epochs": "search.warmup_epochs",
-    "arch_lr": "search.arch_lr", "grad_update_arch_param_every": "search.grad_update_arch_param_every",
+    "arch_lr": "search.arch_lr",
+    "grad_update_arch_param_every": "search.grad_update_arch_param_every",
     "grad_binary_mode": "search.grad_binary_mode", "target_hardware": "search.target_hardware",
     "flops_ref_value": "search.flops_ref_value", "grad_reg_loss_type": "search.grad_reg_loss_type",
     "grad_reg_loss_alpha": "search.grad_reg_loss_alpha",

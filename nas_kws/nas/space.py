@@ -154,8 +154,8 @@ def parse_space(data: Any, where: str, width_mult: float = 1.0,
         choices, repeat = _entry_choices(entry, entry_where)
         for r in range(repeat):
             at = f"{entry_where} (position {len(positions)})" if repeat > 1 else entry_where
-            position = _check_position(len(positions), at, [scale(c, "out_channels") for c in choices],
-                                       shape)
+            scaled = [scale(c, "out_channels") for c in choices]
+            position = _check_position(len(positions), at, scaled, shape)
             positions.append(position)
             shape = position.out_shape
     head = check_head(scale(data["head"], "channels"), f"{where}: head")

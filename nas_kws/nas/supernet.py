@@ -3,6 +3,8 @@ position. It trains like one net (one sampled path per weight step) and exposes 
 architecture parameters, their gradients through the binary gates, and the current picks."""
 from __future__ import annotations
 
+from typing import Iterable
+
 import torch
 from torch import nn
 
@@ -70,3 +72,19 @@ class Supernet(KWSNet):
     def rescale_two(self) -> None:
         for m in self.mixed_ops:
             m.rescale_two()
+
+    @torch.no_grad()
+    def recalibrate_bn(self, batches: Iterable[torch.Tensor]) -> None:
+        """Re-estimate BatchNorm statistics for the current path (an average over `batches`).
+        Each candidate's running statistics only move while it is sampled, so without this an
+        eval-mode accuracy of the derived path mostly measures stale statistics."""
+        norms = [m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None
+        self.train()
+        for feats in batches:
+            self(feats)
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,6 @@ from torch import nn
 from nas_kws.fileio import write_json
 
 PTQ_FILE = "quant/ptq.json"
-EXPORT_FILE = "export/export.json"
 
 
 # --- data and accuracy ------------------------------------------------------------------------

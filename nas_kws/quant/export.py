@@ -18,12 +18,12 @@ from typing import Any, Callable
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 from torch import nn
 
 from nas_kws.fileio import atomic_write
 from nas_kws.quant.fold import example_input
+from nas_kws.quant.latency import session
 
 INPUT, OUTPUT = "features", "logits"
 OPSET = 17
@@ -46,6 +46,11 @@ def _export_with_metadata(path: str | Path, export: Callable[[Path], None],
     def write(tmp: Path) -> None:
         export(tmp)
         proto = onnx.load(str(tmp))
+        # weights listed as graph inputs could be overridden at run time, which blocks folding
+        weights = {init.name for init in proto.graph.initializer}
+        inputs = [i for i in proto.graph.input if i.name not in weights]
+        del proto.graph.input[:]
+        proto.graph.input.extend(inputs)
         for key, value in metadata.items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
@@ -94,21 +99,6 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         except json.JSONDecodeError:
             out[entry.key] = entry.value
     return out
-
-
-def session(path: str | Path, threads: int = 1,
-            optimized_path: str | Path | None = None) -> ort.InferenceSession:
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: ONNX model not found")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.log_severity_level = 3
-    if optimized_path is not None:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-        options.optimized_model_filepath = str(optimized_path)
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def optimized_ops(path: str | Path) -> Counter:

@@ -1,9 +1,10 @@
 """onnxruntime latency per clip (batch 1, one thread, median after warm-up) and peak memory.
 
-The measurement runs in a fresh Python process (`python -m nas_kws.quant.latency MODEL ...`),
-so its peak resident memory belongs to this model alone: `peak_rss_mb` is the process's
-high-water mark minus its level after importing onnxruntime and numpy, i.e. the session
-(weights, arena, activations) and its runs.
+The measurement runs in a fresh Python process (`python -m nas_kws.quant.latency MODEL ...`)
+that imports onnxruntime and numpy only. `peak_rss_mb` is the process's resident-memory peak
+during session creation and the runs (weights, arena, activations) above its level after those
+imports: the peak is reset after the imports through /proc/self/clear_refs (Linux), else it is
+the process's lifetime peak, import included.
 """
 from __future__ import annotations
 
@@ -15,6 +16,24 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+
+def session(path: str | Path, threads: int = 1, optimized_path: str | Path | None = None):
+    """An onnxruntime CPU session: `threads` intra-op threads, sequential execution; with
+    `optimized_path`, the graph after onnxruntime's (extended) optimizations is saved there."""
+    import onnxruntime as ort
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: ONNX model not found")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    if optimized_path is not None:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = str(optimized_path)
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 @dataclass
@@ -33,29 +52,49 @@ class Latency:
         return asdict(self)
 
 
-def _max_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+def _proc_status_mb(key: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024  # kB
+    raise KeyError(key)
+
+
+def _reset_peak() -> float:
+    """Reset the resident-memory peak; returns the current level (MB)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return _proc_status_mb("VmRSS")
+    except OSError:
+        return 0.0
+
+
+def _peak_mb() -> float:
+    try:
+        return _proc_status_mb("VmHWM")
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def _measure(path: str, runs: int, warmup: int, threads: int) -> dict:
+    """Runs in the child process, which imports onnxruntime and numpy only (never torch)."""
     import numpy as np
+    import onnxruntime  # noqa: F401  (its import is part of the baseline, not of the model)
 
-    from nas_kws.quant.export import INPUT, session
-
-    baseline = _max_rss_mb()
+    baseline = _reset_peak()
     sess = session(path, threads)
-    shape = [d if isinstance(d, int) else 1 for d in sess.get_inputs()[0].shape]
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    graph_input = sess.get_inputs()[0]
+    shape = [d if isinstance(d, int) else 1 for d in graph_input.shape]
+    feed = {graph_input.name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
     for _ in range(warmup):
-        sess.run(None, {INPUT: x})
+        sess.run(None, feed)
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        sess.run(None, {INPUT: x})
+        sess.run(None, feed)
         times.append((time.perf_counter() - start) * 1000)
     times.sort()
     return {"median_ms": statistics.median(times), "p90_ms": times[int(0.9 * (len(times) - 1))],
-            "min_ms": times[0], "peak_rss_mb": _max_rss_mb() - baseline}
+            "min_ms": times[0], "peak_rss_mb": _peak_mb() - baseline}
 
 
 def measure_latency(path: str | Path, runs: int = 300, warmup: int = 30,

@@ -172,15 +172,18 @@ def quant_twin(model: nn.Module, spec: QuantSpec) -> nn.Module:
 @torch.no_grad()
 def calibrate(twin: nn.Module, batches: Iterable[torch.Tensor]) -> int:
     """Set activation scales and zero points from percentile statistics of float activations
-    over `batches` of features (Brevitas post-training calibration); returns the clip count."""
+    over `batches` of features (Brevitas post-training calibration); returns the clip count.
+    A last quantized pass sets the weight scales, so the state dict is complete."""
     twin.eval()
-    seen = 0
+    seen, first = 0, None
     with calibration_mode(twin):
         for feats in batches:
             twin(feats)
             seen += len(feats)
-    if seen == 0:
+            first = feats[:1] if first is None else first
+    if first is None:
         raise ValueError("calibrate: no calibration batches")
+    twin(first)
     return seen
 
 
