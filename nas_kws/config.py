@@ -136,17 +136,23 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
     return out
 
 
+def read_config_file(path: str | Path | None) -> tuple[dict[str, Any], str]:
+    """(mapping, name for error messages) of a YAML config file; ({}, "config") for None."""
+    if path is None:
+        return {}, "config"
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: config file not found")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of config sections, got {type(data).__name__}")
+    return data, str(path)
+
+
 def load_config(cls: type[T], path: str | Path | None = None,
                 overrides: dict[str, Any] | None = None) -> T:
     """YAML file (optional) + dotted overrides -> a validated config dataclass."""
-    data: dict[str, Any] = {}
-    where = "config"
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: config file not found")
-        data = yaml.safe_load(path.read_text()) or {}
-        where = str(path)
+    data, where = read_config_file(path)
     return from_dict(cls, apply_overrides(data, overrides or {}), where)
 
 

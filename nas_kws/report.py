@@ -36,7 +36,7 @@ class Row:
     acc_std: float | None = None
     seeds: int = 0
     quant: dict[str, float] = field(default_factory=dict)      # column -> test accuracy
-    quant_bits: dict[str, int] = field(default_factory=dict)   # column -> weight bits
+    quant_bits: dict[str, int] = field(default_factory=dict)   # column -> weight bits (32: float)
     latency_ms: dict[str, float] = field(default_factory=dict)  # fp32 / int8 -> median ms
     derived: bool = False       # compressed or quantized: a point, never part of a family curve
     note: str = ""
@@ -92,10 +92,14 @@ def _quant_results(run: Path) -> tuple[dict[str, float], dict[str, int]]:
     if ptq.is_file():
         for row in _read_json(ptq)["rows"]:
             acc = next((v for k, v in row.items() if k.endswith("_acc")), None)
-            if row["scheme"] == "fp32" or acc is None:
+            if acc is None:
                 continue
-            name = f"PTQ{row['bits']}" if row["scheme"] == PTQ_DEFAULT_SCHEME else \
-                f"PTQ{row['bits']} {row['scheme']}"
+            if row["scheme"] == "fp32":  # the float net, evaluated in the same pass
+                name = "PTQ fp32"
+            elif row["scheme"] == PTQ_DEFAULT_SCHEME:
+                name = f"PTQ{row['bits']}"
+            else:
+                name = f"PTQ{row['bits']} {row['scheme']}"
             accs[name], bits[name] = acc, row["bits"]
     for metrics_path in sorted((run / "quant").glob("*/metrics.json")):
         metrics = _read_json(metrics_path)
@@ -246,19 +250,20 @@ def markdown(rows: list[Row], runs: list[str]) -> str:
              "activations, fine-tuned or calibrated only. Sizes are weights only (params x bits). "
              "Latency: onnxruntime median per clip, batch 1, 1 thread.", "",
              *_md_table(main, body)]
-    schemes = sorted({(k.partition(" ")[2] or PTQ_DEFAULT_SCHEME)
-                      for r in rows for k in r.quant if k.startswith("PTQ")})
-    if schemes:
-        bits = sorted({r.quant_bits[k] for r in rows for k in r.quant if k.startswith("PTQ")},
-                      reverse=True)
+    rounded = [k for r in rows for k in r.quant if k.startswith("PTQ") and k != "PTQ fp32"]
+    if rounded:
+        schemes = sorted({k.partition(" ")[2] or PTQ_DEFAULT_SCHEME for k in rounded})
+        bits = sorted({int(k[3:].partition(" ")[0]) for k in rounded}, reverse=True)
         ptq_rows = []
         for r in rows:
             for scheme in schemes:
                 suffix = "" if scheme == PTQ_DEFAULT_SCHEME else f" {scheme}"
                 accs = {f"{b} bits": r.quant.get(f"PTQ{b}{suffix}") for b in bits}
                 if any(v is not None for v in accs.values()):
-                    ptq_rows.append({"model": r.label, "scheme": scheme, "fp32": r.acc, **accs})
+                    ptq_rows.append({"model": r.label, "scheme": scheme,
+                                     "fp32": r.quant.get("PTQ fp32"), **accs})
         lines += ["", "## Post-training rounding (batch norm folded, every conv and linear)", "",
+                  "`fp32`: the float net in the same evaluation pass as the rounded ones.", "",
                   *_md_table(["model", "scheme", "fp32", *(f"{b} bits" for b in bits)], ptq_rows)]
     lines += ["", "![accuracy vs MACs](accuracy_vs_macs.png)",
               "![accuracy vs size](accuracy_vs_size.png)", "", "Runs read:", ""]

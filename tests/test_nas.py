@@ -1,3 +1,4 @@
+import argparse
 import copy
 import csv
 import itertools
@@ -16,7 +17,8 @@ from nas_kws.nas.arch_loss import BudgetMultiplier, arch_loss
 from nas_kws.nas.cost import MacsTable, macs_table
 from nas_kws.nas.derive import budget_picks
 from nas_kws.nas.mixed_op import MixedOp
-from nas_kws.nas.search import load_search_config, main, search
+from nas_kws.nas.search import (add_search_flags, config_from_args, load_search_config, main,
+                                search)
 from nas_kws.nas.space import load_space, parse_space
 from nas_kws.nas.supernet import Supernet
 from nas_kws.profiling import profile_model
@@ -317,5 +319,36 @@ def test_command_line_errors_are_one_line(tone_root, tmp_path, capsys):
     assert "uses logmel features; n_mfcc applies to MFCC spaces only" in capsys.readouterr().err
     assert main(common + ["--set", "search.arch_fraction=2"]) == 2
     assert "search.arch_fraction: expected a fraction in (0, 1), got 2" in capsys.readouterr().err
-    assert main(common + ["--grad_reg_loss_type", "budget", "--flops_ref_value", "1e3"]) == 2
-    assert "out of reach of proxyless_kws" in capsys.readouterr().err
+    tiny = tmp_path / "tiny.yaml"
+    tiny.write_text(yaml.safe_dump(TINY_SPACE))
+    assert main(common + ["--search_space", str(tiny), "--grad_reg_loss_type", "budget",
+                          "--flops_ref_value", "1e3"]) == 2
+    assert "budget band 900..1,100 MACs is out of reach of tiny" in capsys.readouterr().err
+
+
+def test_flags_presets_and_config_layers(tmp_path):
+    parser = argparse.ArgumentParser()
+    add_search_flags(parser)
+    cfg = config_from_args(parser.parse_args(["--flops_ref_value", "5e6", "--n_mfcc", "20"]))
+    assert cfg.search.flops_ref_value == 5e6 and cfg.features == {"n_mfcc": 20}
+    assert (cfg.train.lr, cfg.train.nesterov, cfg.train.weight_decay) == (0.2, True, 4e-5)
+    assert cfg.train.epochs == cfg.search.warmup_epochs + cfg.search.n_epochs
+    yaml_cfg = tmp_path / "search.yaml"
+    yaml_cfg.write_text("search: {grad_reg_loss_beta: 8, n_epochs: 3}\ntrain: {batch_size: 50}\n")
+    cfg = config_from_args(parser.parse_args(["--preset", "paper", "--config", str(yaml_cfg),
+                                              "--warmup_epochs", "2"]))
+    s = cfg.search     # defaults < preset < --config < flags
+    assert (s.warmup_epochs, s.n_epochs, s.grad_binary_mode, s.arch_lr) == (2, 3, "full_v2", 4e-3)
+    assert s.grad_reg_loss_beta == 8 and cfg.train.batch_size == 50
+    yaml_cfg.write_text("search: {grad_reg_loss_gamma: 1}\n")
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['grad_reg_loss_gamma'\]"):
+        config_from_args(parser.parse_args(["--config", str(yaml_cfg)]))
+
+
+def test_search_subcommand_has_the_same_flags():
+    from nas_kws.nas.search import add_commands, run_command
+
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["search", "--flops_ref_value", "5e6", "--grad_binary_mode", "two"])
+    assert args.func is run_command and config_from_args(args).search.flops_ref_value == 5e6

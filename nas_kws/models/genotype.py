@@ -25,7 +25,7 @@ import yaml
 from torch import nn
 
 from nas_kws.features import FeatureConfig
-from nas_kws.fileio import write_yaml
+from nas_kws.fileio import write_text
 from nas_kws.models.bcresnet import BCResBlock
 from nas_kws.models.mbconv import MBConv, as_pair
 
@@ -377,5 +377,7 @@ def load_genotype(path: str | Path) -> dict[str, Any]:
 
 
 def save_genotype(path: str | Path, genotype: dict[str, Any]) -> Path:
-    """Validate, then write atomically (a crash never leaves half a genotype)."""
-    return write_yaml(path, check_genotype(genotype, where=str(path)))
+    """Validate, then write atomically (a crash never leaves half a genotype); one line per
+    block."""
+    genotype = check_genotype(genotype, where=str(path))
+    return write_text(path, yaml.safe_dump(genotype, sort_keys=False, default_flow_style=None))

@@ -106,9 +106,9 @@ def _dotted(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def load_search_config(path: str | Path | None = None,
-                       overrides: dict[str, Any] | None = None) -> SearchConfig:
-    """Defaults < YAML file < overrides; unknown keys are errors naming the key."""
+def load_search_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                       preset: str | None = None) -> SearchConfig:
+    """Defaults < preset < YAML file < overrides; unknown keys are errors naming the key."""
     data: dict[str, Any] = {}
     where = "search config"
     if path is not None:
@@ -120,7 +120,8 @@ def load_search_config(path: str | Path | None = None,
             raise ValueError(f"{path}: expected a mapping of config sections")
         where = str(path)
     merged: dict[str, Any] = {}
-    for layer in (SEARCH_DEFAULTS, _dotted(data), overrides or {}):
+    for layer in (SEARCH_DEFAULTS, PRESETS[preset] if preset else {}, _dotted(data),
+                  overrides or {}):
         merged = apply_overrides(merged, layer)
     cfg = from_dict(SearchConfig, merged, where)
     _check(cfg)
@@ -250,7 +251,8 @@ class _Search:
                               else torch.contiguous_format)
         self.supernet.to(self.device, memory_format=self.memory_format)
         ref = self.s.flops_ref_value
-        self.budget = None
+        self.budget: BudgetMultiplier | None = None
+        self.band: tuple[float, float] | None = None     # budget mode: allowed derived MACs
         if self.s.grad_reg_loss_type == "budget":
             self.budget = BudgetMultiplier(ref, self.s.budget_tolerance, self.s.budget_rate)
             self.band = (ref * (1 - self.s.budget_tolerance), ref * (1 + self.s.budget_tolerance))
@@ -310,7 +312,7 @@ class _Search:
 
     def picks(self) -> list[int]:
         probs = [p.detach() for p in self.supernet.probs()]
-        return derive_picks(probs, self.table, self.band if self.budget else None)
+        return derive_picks(probs, self.table, self.band)
 
     def weight_step(self, feats: torch.Tensor, labels: torch.Tensor, generator: torch.Generator,
                     uniform: bool, where: str) -> tuple[float, int]:
@@ -540,11 +542,10 @@ def add_search_flags(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> SearchConfig:
-    overrides = dict(PRESETS[args.preset]) if args.preset else {}
-    overrides.update({key: getattr(args, flag) for flag, key in FLAG_KEYS.items()
-                      if getattr(args, flag) is not None})
+    overrides = {key: getattr(args, flag) for flag, key in FLAG_KEYS.items()
+                 if getattr(args, flag) is not None}
     overrides.update(parse_set_flags(args.set))
-    return load_search_config(args.config, overrides)
+    return load_search_config(args.config, overrides, args.preset)
 
 
 def print_summary(metrics: dict[str, Any], run_dir: Path) -> None:
