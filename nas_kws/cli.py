@@ -11,6 +11,8 @@ COMMAND_MODULES = (
     "nas_kws.commands",
     "nas_kws.data.commands",
     "nas_kws.profiling",
+    "nas_kws.quant.commands",
+    "nas_kws.report",
 )
 
 

@@ -64,24 +64,39 @@ class RunDir:
         write_json(self.metrics_path, metrics)
 
 
-def model_from_checkpoint(state: dict[str, Any]) -> nn.Module:
-    """Rebuild the exact network a checkpoint was trained as, with its weights."""
+def model_from_spec(spec: dict[str, Any], num_classes: int) -> nn.Module:
+    """The (untrained) net a checkpoint's `model_spec` describes: a registered name, a genotype,
+    or a net derived from one of those ({"base": spec, "svd_ranks": ...} or {"base", "quant"})."""
+    if "base" in spec:
+        base = model_from_spec(spec["base"], num_classes)
+        if "svd_ranks" in spec:
+            from nas_kws.quant.svd import apply_ranks
+
+            model = apply_ranks(base, spec["svd_ranks"])
+        elif "quant" in spec:
+            from nas_kws.quant.qat import QuantSpec, quant_twin
+
+            model = quant_twin(base, QuantSpec.from_dict(spec["quant"], where="model_spec.quant"))
+        else:
+            raise ValueError(f"model spec: a derived spec needs 'svd_ranks' or 'quant' beside "
+                             f"'base', got keys {sorted(spec)}")
+        model.spec = spec
+        return model
     from nas_kws.models import create_model
     from nas_kws.models.genotype import build_from_genotype
 
-    spec = state["model_spec"]
-    num_classes = len(state["classes"])
     if "genotype" in spec:
-        model = build_from_genotype(spec["genotype"], num_classes=num_classes)
-    else:
-        model = create_model(spec["name"], num_classes=num_classes, **spec.get("kwargs", {}))
-    model.load_state_dict(state["model"])
-    model.feature_config = FeatureConfig.from_dict(state["features"])
-    return model.eval()
+        return build_from_genotype(spec["genotype"], num_classes=num_classes)
+    return create_model(spec["name"], num_classes=num_classes, **spec.get("kwargs", {}))
 
 
 def load_model(run_dir: str | Path, which: str = "best") -> tuple[nn.Module, FeatureConfig, list[str]]:
-    """(model in eval mode on CPU, its features, its class names) from a run directory."""
-    run = RunDir(run_dir)
-    state = run.load_checkpoint(which)
-    return model_from_checkpoint(state), FeatureConfig.from_dict(state["features"]), state["classes"]
+    """(model in eval mode on CPU, its features, its class names) from any run directory,
+    plain or derived (SVD-compressed, quantized)."""
+    state = RunDir(run_dir).load_checkpoint(which)
+    classes = list(state["classes"])
+    model = model_from_spec(state["model_spec"], len(classes))
+    model.load_state_dict(state["model"])
+    features = FeatureConfig.from_dict(state["features"])
+    model.feature_config = features
+    return model.eval(), features, classes

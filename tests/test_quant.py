@@ -8,7 +8,7 @@ from nas_kws.models import create_model
 from nas_kws.models.dscnn import SameConv2d
 from nas_kws.models.genotype import build_from_genotype
 from nas_kws.profiling import profile_model
-from nas_kws.quant.derived import build_from_spec
+from nas_kws.runs import model_from_spec
 from nas_kws.quant.fold import ChannelAffine, example_input, fold_batchnorm
 from nas_kws.quant.qat import QuantSpec, calibrate, layer_bits, load_quant_spec, quant_twin
 from nas_kws.quant.rounding import RoundingScheme, round_tensor, round_weights
@@ -192,7 +192,7 @@ def test_twin_rebuilds_from_its_spec(trained):
     twin = quant_twin(model, QuantSpec(6, 8, first_last_bits=8))
     calibrate(twin, feats[:32].split(16))
     twin.eval()
-    rebuilt = build_from_spec(twin.spec, num_classes=4)
+    rebuilt = model_from_spec(twin.spec, num_classes=4)
     rebuilt.load_state_dict(twin.state_dict())
     rebuilt.eval()
     with torch.no_grad():
@@ -236,14 +236,14 @@ def test_svd_greedy_ranks_meet_the_mac_target_and_rebuild(trained):
     compressed = apply_ranks(model, ranks)
     assert profile_model(compressed).macs <= 0.6 * total
     compressed.spec = {"base": model.spec, "svd_ranks": ranks}
-    rebuilt = build_from_spec(compressed.spec, num_classes=4)
+    rebuilt = model_from_spec(compressed.spec, num_classes=4)
     rebuilt.load_state_dict(compressed.state_dict())
     with torch.no_grad():
         assert torch.equal(rebuilt.eval()(feats[:8]), compressed.eval()(feats[:8]))
     # a compressed net quantizes like any other, and its nested spec rebuilds the twin
     twin = quant_twin(compressed, QuantSpec(8, 8))
     calibrate(twin, feats[:32].split(16))
-    again = build_from_spec(twin.spec, num_classes=4)
+    again = model_from_spec(twin.spec, num_classes=4)
     again.load_state_dict(twin.state_dict())
     with torch.no_grad():
         assert torch.equal(again.eval()(feats[:8]), twin(feats[:8]))

@@ -3,6 +3,7 @@ gain, and SpecAugment masks on the features."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from nas_kws.config import AugmentConfig
@@ -26,11 +27,10 @@ class Augmenter:
         batch, length = waves.shape
         device = waves.device
         if self.max_shift:
-            shifts = torch.randint(-self.max_shift, self.max_shift + 1, (batch,), generator=g,
-                                   device=device)
-            src = torch.arange(length, device=device)[None, :] - shifts[:, None]
-            inside = (src >= 0) & (src < length)
-            waves = torch.gather(waves, 1, src.clamp(0, length - 1)) * inside
+            m = self.max_shift
+            offsets = torch.randint(0, 2 * m + 1, (batch,), generator=g, device=device)
+            windows = F.pad(waves, (m, m)).unfold(1, length, 1)  # a view: (batch, 2m+1, length)
+            waves = windows[torch.arange(batch, device=device), offsets]
         if len(self.noise) and self.cfg.noise_prob > 0:
             rows = torch.randint(0, len(self.noise), (batch,), generator=g, device=device)
             amp = _uniform(batch, 0.0, self.cfg.noise_max, g, device)

@@ -88,9 +88,10 @@ def parse_bits(text: str) -> list[int]:
 
 
 def _load_float(run_dir: str, what: str):
-    from nas_kws.quant.derived import is_quantized, load_run_model
+    from nas_kws.quant.derived import is_quantized
+    from nas_kws.runs import load_model
 
-    model, features, classes = load_run_model(run_dir)
+    model, features, classes = load_model(run_dir)
     if is_quantized(model.spec):
         raise ValueError(f"{run_dir}: already a quantized run; {what} needs a float run")
     return model, features, classes
@@ -158,7 +159,7 @@ def finetune_config(run_dir: str | Path, args: argparse.Namespace, defaults: dic
 
 def save_untrained_run(out: str | Path, model: nn.Module, cfg, classes: list[str],
                        metrics: dict[str, Any]) -> None:
-    """A derived net that was not fine-tuned, as a run directory `load_run_model` reads."""
+    """A derived net that was not fine-tuned, as a run directory `runs.load_model` reads."""
     from nas_kws.config import to_dict
     from nas_kws.profiling import profile_model
     from nas_kws.runs import RunDir
@@ -273,11 +274,12 @@ def _parity(model: nn.Module, path: Path, feats: torch.Tensor) -> dict[str, Any]
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from nas_kws.quant.derived import is_quantized, load_run_model
+    from nas_kws.quant.derived import is_quantized
+    from nas_kws.runs import load_model
     from nas_kws.quant.export import export_fp32, export_int8, kernel_summary
     from nas_kws.quant.qat import QuantSpec
 
-    model, features, classes = load_run_model(args.run_dir)
+    model, features, classes = load_model(args.run_dir)
     out = Path(args.out or Path(args.run_dir) / "export")
     store = open_run_data(args.run_dir, classes)
     feats, _ = split_features(store, features, "test", limit=args.parity_clips)
