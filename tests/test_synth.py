@@ -168,4 +168,4 @@ def test_noise_generators():
 
 def test_default_root_lives_in_the_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("NAS_KWS_CACHE", str(tmp_path))
-    assert synth.default_synth_root(3, "small") == tmp_path / "synth-v2-seed3-small"
+    assert synth.default_synth_root(3, "small") == tmp_path / f"synth-v{synth.RECIPE_VERSION}-seed3-small"
