@@ -142,3 +142,13 @@ def test_load_genotype_errors_name_the_file(tmp_path):
         load_genotype(bad)
     with pytest.raises(ValueError, match="bad.yaml"):
         save_genotype(bad, {"features": {}})
+
+
+def test_genotype_file_takes_feature_overrides_like_registered_models(tmp_path):
+    path = save_genotype(tmp_path / "genotype.yaml", mixed_genotype())
+    model = create_model(str(path), num_classes=5, features={"n_mfcc": 40})
+    assert model.feature_config.n_mfcc == 40 and model.feature_config.hop_length == 320
+    assert model.spec["genotype"]["features"]["n_mfcc"] == 40
+    assert model(torch.randn(2, 1, 40, 51)).shape == (2, 5)
+    with pytest.raises(ValueError, match="unknown key.*n_mfc"):
+        create_model(str(path), features={"n_mfc": 10})

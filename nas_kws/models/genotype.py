@@ -344,10 +344,16 @@ def _check_classes(genotype: dict[str, Any], where: str) -> dict[str, Any]:
     return {"num_classes": num_classes, **({"classes": list(classes)} if classes else {})}
 
 
-def build_from_genotype(genotype: dict[str, Any], num_classes: int | None = None) -> KWSNet:
+def build_from_genotype(genotype: dict[str, Any], num_classes: int | None = None,
+                        features: FeatureConfig | dict[str, Any] | None = None) -> KWSNet:
     """The net a genotype describes, with `.feature_config`, `.num_classes` and `.spec`.
-    `num_classes` overrides the genotype's (e.g. to retrain on another task)."""
+    `num_classes` overrides the genotype's (e.g. to retrain on another task); `features` (a
+    FeatureConfig, or a dict of the keys to change such as {"n_mfcc": 20}) its input features."""
     genotype = check_genotype(genotype)
+    if features is not None:
+        changes = features.to_dict() if isinstance(features, FeatureConfig) else features
+        genotype["features"] = FeatureConfig.from_dict({**genotype["features"], **changes},
+                                                       where="features").to_dict()
     if num_classes is not None and num_classes != genotype["num_classes"]:
         genotype["num_classes"] = num_classes
         genotype.pop("classes", None)
