@@ -92,7 +92,7 @@ def main() -> None:
     paths = [Path(index.root) / c.path for c in clips if c.gain == 1.0 and c.start == 0]
     labels = [c.label for c in clips if c.gain == 1.0 and c.start == 0]
     print(f"{len(paths)} clips, batch {BATCH}, {threads} threads\n")
-    print(f"| features | naive clips/s | store clips/s | speed-up |\n|---|---:|---:|---:|")
+    print("| features | naive clips/s | store clips/s | speed-up |\n|---|---:|---:|---:|")
     for name, features in [("log-mel 40x101", FeatureConfig.logmel()),
                            ("MFCC 10x51", FeatureConfig.mfcc(10))]:
         naive = time_naive(paths, labels, features, np.array(store.noise) / 32768)

@@ -11,6 +11,7 @@ COMMAND_MODULES = (
     "nas_kws.commands",
     "nas_kws.data.commands",
     "nas_kws.profiling",
+    "nas_kws.nas.search",
     "nas_kws.quant.commands",
     "nas_kws.report",
 )

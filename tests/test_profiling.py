@@ -2,7 +2,6 @@ import argparse
 import json
 
 import pytest
-import torch
 from torch import nn
 
 from nas_kws.features import FeatureConfig

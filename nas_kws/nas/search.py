@@ -24,11 +24,11 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from tqdm.auto import tqdm
 
 from nas_kws.config import (AugmentConfig, DataConfig, ExperimentConfig, TrainConfig,
-                            apply_overrides, from_dict, parse_set_flags, to_dict)
+                            apply_overrides, from_dict, parse_set_flags, read_config_file,
+                            to_dict)
 from nas_kws.data.loader import BatchLoader, open_dataset
 from nas_kws.device import pick_device, rng_state, seed_everything, set_rng_state, set_threads
 from nas_kws.evaluation import evaluate
@@ -109,16 +109,7 @@ def _dotted(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def load_search_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
                        preset: str | None = None) -> SearchConfig:
     """Defaults < preset < YAML file < overrides; unknown keys are errors naming the key."""
-    data: dict[str, Any] = {}
-    where = "search config"
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: config file not found")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of config sections")
-        where = str(path)
+    data, where = read_config_file(path)
     merged: dict[str, Any] = {}
     for layer in (SEARCH_DEFAULTS, PRESETS[preset] if preset else {}, _dotted(data),
                   overrides or {}):
