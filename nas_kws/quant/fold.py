@@ -44,15 +44,20 @@ def example_input(model: nn.Module, batch: int = 2, seed: int = 0) -> torch.Tens
 def weight_layers_in_order(model: nn.Module, example: torch.Tensor) -> list[str]:
     """Names of the conv/linear layers in the order the forward pass runs them."""
     order: list[str] = []
-    hooks = [m.register_forward_hook(lambda mod, inp, out, name=name: order.append(name))
-             for name, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS)]
+    run_hooked(model, example, [
+        m.register_forward_hook(lambda mod, inp, out, name=name: order.append(name))
+        for name, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS)])
+    return list(dict.fromkeys(order))
+
+
+def run_hooked(model: nn.Module, example: torch.Tensor, handles: list) -> None:
+    """One no-grad forward pass that feeds the hooks in `handles`, which are removed after."""
     try:
         with torch.no_grad():
             model(example)
     finally:
-        for h in hooks:
-            h.remove()
-    return list(dict.fromkeys(order))
+        for handle in handles:
+            handle.remove()
 
 
 def _norm_affine(bn: nn.modules.batchnorm._BatchNorm, name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,12 +95,7 @@ def _conv_norm_pairs(model: nn.Module, example: torch.Tensor) -> list[tuple[str,
             hooks.append(m.register_forward_hook(after_layer(name)))
         elif isinstance(m, NORM_LAYERS):
             hooks.append(m.register_forward_pre_hook(before_norm(name)))
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in hooks:
-            h.remove()
+    run_hooked(model, example, hooks)
     return pairs
 
 

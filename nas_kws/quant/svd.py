@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from nas_kws.quant.fold import WEIGHT_LAYERS, example_input
+from nas_kws.quant.fold import WEIGHT_LAYERS, example_input, run_hooked
 
 RANK_FRACTIONS = (1 / 16, 1 / 8, 1 / 4, 3 / 8, 1 / 2, 5 / 8, 3 / 4, 7 / 8)
 
@@ -110,14 +110,8 @@ def weight_macs(module: nn.Module, x: torch.Tensor) -> int:
         nonlocal total
         total += output.numel() * layer.weight[0].numel()
 
-    layers = [m for m in module.modules() if isinstance(m, WEIGHT_LAYERS)]
-    hooks = [m.register_forward_hook(hook) for m in layers]
-    try:
-        with torch.no_grad():
-            module(x)
-    finally:
-        for h in hooks:
-            h.remove()
+    run_hooked(module, x, [m.register_forward_hook(hook) for m in module.modules()
+                           if isinstance(m, WEIGHT_LAYERS)])
     return total // len(x)
 
 
