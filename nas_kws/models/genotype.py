@@ -299,20 +299,25 @@ def input_shape(features: FeatureConfig) -> Shape:
     return 1, bins, frames
 
 
+def check_net_keys(data: Any, valid: tuple[str, ...], where: str) -> None:
+    """The top level shared by genotypes and search spaces: known keys, the four required
+    sections, and features as a mapping."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping with keys {list(valid)}, got {data!r}")
+    unknown = sorted(set(data) - set(valid))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys: {list(valid)}")
+    for key in ("features", "stem", "blocks", "head"):
+        if key not in data:
+            raise ValueError(f"{where}: missing required key {key!r}")
+    if not isinstance(data["features"], dict):
+        raise ValueError(f"{where}: features: expected a mapping of FeatureConfig keys, "
+                         f"got {data['features']!r}")
+
+
 def check_genotype(genotype: Any, where: str = "genotype") -> dict[str, Any]:
     """The genotype with every default filled in, or a ValueError naming the key or position."""
-    if not isinstance(genotype, dict):
-        raise ValueError(f"{where}: expected a mapping with keys {list(TOP_KEYS)}, "
-                         f"got {genotype!r}")
-    unknown = sorted(set(genotype) - set(TOP_KEYS))
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys: {list(TOP_KEYS)}")
-    for key in ("features", "stem", "blocks", "head"):
-        if key not in genotype:
-            raise ValueError(f"{where}: missing required key {key!r}")
-    if not isinstance(genotype["features"], dict):
-        raise ValueError(f"{where}: features: expected a mapping of FeatureConfig keys, "
-                         f"got {genotype['features']!r}")
+    check_net_keys(genotype, TOP_KEYS, where)
     features = FeatureConfig.from_dict(genotype["features"], where=f"{where}: features")
     out: dict[str, Any] = {}
     if "name" in genotype:

@@ -25,8 +25,8 @@ from typing import Any
 import yaml
 
 from nas_kws.features import FeatureConfig
-from nas_kws.models.genotype import (Shape, check_block, check_head, check_stem, describe_block,
-                                     input_shape)
+from nas_kws.models.genotype import (Shape, check_block, check_head, check_net_keys, check_stem,
+                                     describe_block, input_shape)
 from nas_kws.models.mbconv import make_divisible
 
 SPACES_DIR = Path(__file__).resolve().parent.parent.parent / "search_spaces"
@@ -120,16 +120,7 @@ def load_space(name_or_path: str | Path, width_mult: float = 1.0,
 
 def parse_space(data: Any, where: str, width_mult: float = 1.0,
                 features: dict[str, Any] | None = None) -> SearchSpace:
-    if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a mapping with keys {list(SPACE_KEYS)}")
-    unknown = sorted(set(data) - set(SPACE_KEYS))
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys: {list(SPACE_KEYS)}")
-    for key in ("features", "stem", "blocks", "head"):
-        if key not in data:
-            raise ValueError(f"{where}: missing required key {key!r}")
-    if not isinstance(data["features"], dict):
-        raise ValueError(f"{where}: features: expected a mapping of FeatureConfig keys")
+    check_net_keys(data, SPACE_KEYS, where)
     feature_config = FeatureConfig.from_dict({**data["features"], **(features or {})},
                                              where=f"{where}: features")
     if width_mult <= 0:

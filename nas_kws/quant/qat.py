@@ -22,12 +22,12 @@ from typing import Any, Iterable
 
 import brevitas.nn as qnn
 import torch
-import yaml
 from brevitas.graph.calibrate import calibration_mode
 from brevitas.quant import (Int8WeightPerChannelFloat, Int8WeightPerTensorFloat, Int32Bias,
                             ShiftedUint8ActPerTensorFloat)
 from torch import nn
 
+from nas_kws.config import read_config_file
 from nas_kws.quant.fold import example_input, fold_batchnorm, weight_layers_in_order
 
 BIT_RANGE = (2, 8)
@@ -103,14 +103,9 @@ class QuantSpec:
 
 def load_quant_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> QuantSpec:
     """A QuantSpec from YAML, with command-line values (non-None) on top."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: quantization spec not found")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of quantization settings")
+    data, where = read_config_file(path)
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return QuantSpec.from_dict(data, where=str(path))
+    return QuantSpec.from_dict(data, where=where)
 
 
 @functools.cache
