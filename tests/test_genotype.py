@@ -42,7 +42,8 @@ def mixed_genotype() -> dict:
     }
 
 
-@pytest.mark.parametrize("make", [mixed_genotype, lambda: proxyless_genotype(FeatureConfig.mfcc(10))])
+@pytest.mark.parametrize("make", [mixed_genotype,
+                                  lambda: proxyless_genotype(FeatureConfig.mfcc(10))])
 def test_round_trip_build_save_load_gives_the_same_net(make, tmp_path):
     torch.manual_seed(0)
     model = build_from_genotype(make()).eval()
@@ -50,7 +51,7 @@ def test_round_trip_build_save_load_gives_the_same_net(make, tmp_path):
     loaded = load_genotype(path)
     assert loaded == model.spec["genotype"]
     rebuilt = create_model(path, num_classes=model.num_classes).eval()  # as `train --genotype`
-    assert sum(p.numel() for p in rebuilt.parameters()) == sum(p.numel() for p in model.parameters())
+    assert sum(map(torch.numel, rebuilt.parameters())) == sum(map(torch.numel, model.parameters()))
     rebuilt.load_state_dict(model.state_dict())
     x = torch.randn(3, 1, *model.feature_config.shape)
     assert torch.equal(rebuilt(x), model(x))
@@ -114,10 +115,12 @@ BAD = [
     (("blocks", 0, "stride"), 3, r"blocks\[0\] \(mbconv\)\.stride: expected a stride of 1 or 2"),
     (("blocks", 4, "ssn_groups"), 3,
      r"blocks\[4\] \(bcres\)\.ssn_groups: SubSpectralNorm with 3 groups.*\(5 = 10 bins"),
-    (("blocks", 4, "out_channels"), None, r"blocks\[4\] \(bcres\): missing required key 'out_channels'"),
+    (("blocks", 4, "out_channels"), None,
+     r"blocks\[4\] \(bcres\): missing required key 'out_channels'"),
     (("blocks", 4, "width"), 2, r"blocks\[4\] \(bcres\)\.width: .*non-transition"),
     (("blocks", 1, "time_stride"), 2, r"blocks\[1\] \(bcres\): unknown key\(s\) \['time_stride'\]"),
-    (("blocks", 1, "freq_stride"), [2, 1], r"blocks\[1\] \(bcres\)\.freq_stride: .*never stride in time"),
+    (("blocks", 1, "freq_stride"), [2, 1],
+     r"blocks\[1\] \(bcres\)\.freq_stride: .*never stride in time"),
     (("stem", "act"), "gelu", r"stem\.act: expected one of \['relu', 'relu6'\]"),
     (("head", "type"), "mlp", r"head\.type: expected one of"),
     (("num_classes",), 4, r"num_classes: 4 does not match the 5 names"),
@@ -138,7 +141,8 @@ def test_load_genotype_errors_name_the_file(tmp_path):
         load_genotype(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(_set(mixed_genotype(), ("blocks", 3, "expand"), 2)))
-    with pytest.raises(ValueError, match=rf"{bad}: blocks\[3\] \(bcres\): unknown key\(s\) \['expand'\]"):
+    with pytest.raises(ValueError,
+                       match=rf"{bad}: blocks\[3\] \(bcres\): unknown key\(s\) \['expand'\]"):
         load_genotype(bad)
     with pytest.raises(ValueError, match="bad.yaml"):
         save_genotype(bad, {"features": {}})

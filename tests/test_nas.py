@@ -88,7 +88,8 @@ def test_width_mult_and_features_override():
     space = load_space("proxyless_kws", width_mult=1.25, features={"n_mfcc": 20})
     assert space.stem["out_channels"] == 88 and space.head["channels"] == 184
     assert space.positions[0].in_shape == (88, 20, 26)
-    assert {c["out_channels"] for p in space.positions for c in p.choices if "out_channels" in c} == {88}
+    widths = {c["out_channels"] for p in space.positions for c in p.choices if "out_channels" in c}
+    assert widths == {88}
     assert load_space("proxyless_kws", width_mult=0.75).stem["out_channels"] == 56
 
 
@@ -106,7 +107,8 @@ def _mutate(path, value):
 
 BAD_SPACES = [
     (("blocks", 0, "choices", 1), {"op": "zero"},
-     r"blocks\[0\] choice 4 \(zero\): output shape .* \(8, 10, 26\) differs .*zero \(skip\) is only"),
+     r"blocks\[0\] choice 4 \(zero\): output shape .* \(8, 10, 26\) differs "
+     r".*zero \(skip\) is only"),
     (("blocks", 1, "choices", 1, "out_channels"), 16,
      r"blocks\[1\] \(position 1\) choice 4 \(bcres_f3t3_d1_bn\): output shape .*\(16, 5, 13\)"),
     (("blocks", 1, "choices", 1, "ssn_groups"), 2,
@@ -115,7 +117,8 @@ BAD_SPACES = [
      r"blocks\[1\] \(position 1\) choice 4 \(bcres\)\.freq_stride: .*never stride in time"),
     (("blocks", 1, "choices", 0, "grid", "kernel"), [3, 4],
      r"blocks\[1\] \(position 1\) choice 2 \(mbconv\)\.kernel: expected an odd kernel"),
-    (("blocks", 1, "choices", 0, "kernel"), 3, r"blocks\[1\]\.choices\[0\]\.grid: key\(s\) \['kernel'\]"),
+    (("blocks", 1, "choices", 0, "kernel"), 3,
+     r"blocks\[1\]\.choices\[0\]\.grid: key\(s\) \['kernel'\]"),
     (("blocks", 1, "choices", 2), {"op": "mbconv", "out_channels": 8},
      r"blocks\[1\] \(position 1\) choice 5 \(mbconv_k3_e1\): listed twice"),
     (("blocks", 1, "repeat"), 0, r"blocks\[1\]\.repeat: expected an integer >= 1, got 0"),
@@ -127,12 +130,14 @@ BAD_SPACES = [
 
 @pytest.mark.parametrize("path,value,message", BAD_SPACES, ids=[m for _, _, m in BAD_SPACES])
 def test_invalid_spaces_are_rejected_naming_the_position(path, value, message):
-    with pytest.raises(ValueError, match=r"space\.yaml: " + message if "blocks" in message else message):
+    expected = r"space\.yaml: " + message if "blocks" in message else message
+    with pytest.raises(ValueError, match=expected):
         parse_space(_mutate(path, value), "space.yaml")
 
 
 def test_space_file_errors(tmp_path):
-    with pytest.raises(ValueError, match=r"unknown search space 'nope'.*bcresnet.*hybrid.*proxyless_kws"):
+    with pytest.raises(ValueError,
+                       match=r"unknown search space 'nope'.*bcresnet.*hybrid.*proxyless_kws"):
         load_space("nope")
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         load_space(tmp_path / "nope.yaml")
@@ -235,10 +240,13 @@ def test_budget_picks_finds_the_most_probable_net_in_the_band():
     table = MacsTable(fixed=1000, choices=[[0, 300, 900], [100, 400], [0, 250, 500, 800]])
     g = torch.Generator().manual_seed(0)
     probs = [F.softmax(torch.randn(len(c), generator=g), 0) for c in table.choices]
+
+    def score(picks):
+        return sum(math.log(p[k]) for p, k in zip(probs, picks))
+
     for low, high in [(1500, 1900), (2000, 2300), (1000, 1200)]:
         picks = budget_picks(probs, table, low, high)
         assert low <= table.of(picks) <= high
-        score = lambda ks: sum(math.log(p[k]) for p, k in zip(probs, ks))  # noqa: E731
         feasible = [ks for ks in itertools.product(*[range(len(c)) for c in table.choices])
                     if low <= table.of(list(ks)) <= high]
         assert math.isclose(score(picks), max(score(ks) for ks in feasible))
@@ -249,12 +257,15 @@ def test_budget_picks_finds_the_most_probable_net_in_the_band():
 def test_architecture_losses():
     ce, ref = torch.tensor(2.0), 20e6
     at_ref = torch.tensor(ref)
-    assert torch.isclose(arch_loss(ce, at_ref, "mul#log", ref, alpha=0.5, beta=8), torch.tensor(1.0))
+    one = torch.tensor(1.0)
+    assert torch.isclose(arch_loss(ce, at_ref, "mul#log", ref, alpha=0.5, beta=8), one)
     big = torch.tensor(40e6)
-    assert arch_loss(ce, big, "mul#log", ref, beta=8) > arch_loss(ce, big, "mul#log", ref, beta=1) > ce
+    steep, mild = (arch_loss(ce, big, "mul#log", ref, beta=b) for b in (8, 1))
+    assert steep > mild > ce
     assert torch.isclose(arch_loss(ce, big, "add#linear", ref, lam=0.1), torch.tensor(2.1))
     assert arch_loss(ce, None, "mul#log", ref) is ce
-    assert torch.isclose(arch_loss(ce, big, "budget", ref, multiplier=2.0), 2 + 2 * torch.log(torch.tensor(2.0)))
+    assert torch.isclose(arch_loss(ce, big, "budget", ref, multiplier=2.0),
+                         2 + 2 * torch.log(torch.tensor(2.0)))
     budget = BudgetMultiplier(ref, tolerance=0.1, rate=0.5)
     assert budget.update(40e6) > 0 and budget.value == pytest.approx(0.5 * math.log(2))
     assert budget.update(20.5e6) == pytest.approx(0.5 * math.log(2))   # within half the band
@@ -268,7 +279,7 @@ def _tiny_search_config(tmp_path, tone_root, **search):
                  "data.root": str(tone_root), "train.batch_size": 20, "train.eval_batch_size": 100,
                  "train.max_steps_per_epoch": 4, "search.warmup_epochs": 1, "search.n_epochs": 1,
                  "search.grad_update_arch_param_every": 2, "search.flops_ref_value": 3e5,
-                 "augment.noise_prob": 0.0}
+                 "search.grad_reg_loss_type": "mul#log", "augment.noise_prob": 0.0}
     overrides.update({f"search.{k}": v for k, v in search.items()})
     return load_search_config(None, overrides)
 
@@ -284,7 +295,7 @@ def test_search_resume_gives_the_same_alphas_and_weights(tone_root, tmp_path):
     b = RunDir(tmp_path / "b").load_checkpoint("last")["supernet"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert len([k for k in a if k.endswith(".alpha")]) == 3
-    assert RunDir(tmp_path / "b").load_checkpoint("last")["arch_optimizer"]["state"]  # arch steps ran
+    assert RunDir(tmp_path / "b").load_checkpoint("last")["arch_optimizer"]["state"]  # arch ran
     assert straight["blocks"] == resumed["blocks"]
     assert straight["derived_macs"] == resumed["derived_macs"]
     # the run directory

@@ -8,6 +8,10 @@ Each epoch ends with an atomic checkpoint, the derived genotype.yaml, a row of
 arch_history.csv and TensorBoard scalars/images, so an interrupted search resumes exactly.
 
     python arch_search.py --flops_ref_value 20e6 --n_mfcc 10          # or: nas-kws search ...
+    python arch_search.py --preset paper --grad_reg_loss_beta 4       # Peter et al.'s mul#log
+
+By default `--flops_ref_value` is a budget: the derived net lands within +-10% of it
+(`--grad_reg_loss_type budget`); mul#log and add#linear are Peter et al.'s soft penalties.
 """
 from __future__ import annotations
 
@@ -52,8 +56,8 @@ class ArchSearchConfig:
     """The `search:` section; keys are Peter et al.'s flag names where they have one."""
     search_space: str = "proxyless_kws"   # bundled name or a .yaml file
     width_mult: float = 1.0
-    warmup_epochs: int = 6                # weights only, uniform paths
-    n_epochs: int = 18                    # search epochs
+    warmup_epochs: int = 5                # weights only, uniform paths
+    n_epochs: int = 15                    # search epochs
     warmup_lr: float = 0.2                # weight lr of the warm-up (cosine); search uses train.lr
     arch_lr: float = 0.02
     arch_adam_beta1: float = 0.0
@@ -63,7 +67,7 @@ class ArchSearchConfig:
     grad_binary_mode: str = "two"         # two | full_v2 (7x the cost per architecture step)
     target_hardware: str = "flops"        # flops | none (cross-entropy only)
     flops_ref_value: float = 20e6         # MACs
-    grad_reg_loss_type: str = "mul#log"   # mul#log | add#linear | budget
+    grad_reg_loss_type: str = "budget"    # budget | mul#log | add#linear
     grad_reg_loss_alpha: float = 1.0
     grad_reg_loss_beta: float = 4.0
     grad_reg_loss_lambda: float = 0.1
@@ -86,12 +90,14 @@ class SearchConfig:
 
 # Peter et al.'s weight optimizer. The default schedule is short, sized for the default
 # synthetic set on 2 CPU cores (binary mode `two`, a larger architecture lr and warm-up lr to
-# make up for few steps); `--preset paper` is Peter et al.'s schedule.
+# make up for few steps), and `--flops_ref_value` is a budget the derived net lands in;
+# `--preset paper` is Peter et al.'s schedule and loss (mul#log; set its beta).
 SEARCH_DEFAULTS = {"train.lr": 0.2, "train.nesterov": True, "train.momentum": 0.9,
                    "train.weight_decay": 4e-5, "train.label_smoothing": 0.1,
                    "train.batch_size": 100}
 PRESETS = {"paper": {"search.warmup_epochs": 40, "search.n_epochs": 120, "search.warmup_lr": 0.05,
                      "search.arch_lr": 4e-3, "search.grad_binary_mode": "full_v2",
+                     "search.grad_reg_loss_type": "mul#log",
                      "train.lr": 0.2, "train.batch_size": 100, "train.max_steps_per_epoch": 0}}
 
 
@@ -182,9 +188,13 @@ def position_names(space: SearchSpace) -> list[str]:
     return [f"pos{p.index}" for p in space.searchable]
 
 
+SUMMARY_COLUMNS = ["epoch", "phase", "train_loss", "train_acc", "arch_loss", "expected_macs",
+                   "derived_macs", "entropy", "valid_acc", "lr", "multiplier", "seconds"]
+
+
 def history_columns(space: SearchSpace) -> list[str]:
-    cols = ["epoch", "phase", "train_loss", "train_acc", "arch_loss", "expected_macs",
-            "derived_macs", "entropy", "valid_acc", "lr", "multiplier", "seconds"]
+    """The summary, then per position its entropy and the probability of every choice."""
+    cols = list(SUMMARY_COLUMNS)
     for name, position in zip(position_names(space), space.searchable):
         cols.append(f"{name}:entropy")
         cols += [f"{name}:{label}" for label in position.labels]
@@ -452,7 +462,7 @@ class _Search:
             "within_budget": abs(derived.macs - ref) <= self.s.budget_tolerance * ref,
             "supernet_valid_acc": self.history[-1]["valid_acc"], "search_seconds": seconds,
             "space_macs_range": [self.table.smallest(), self.table.largest()],
-            "history": [{k: r[k] for k in self.columns[:12]} for r in self.history]}
+            "history": [{k: r[k] for k in SUMMARY_COLUMNS} for r in self.history]}
 
 
 def search(cfg: SearchConfig, run_dir: str | Path, resume: bool = False, store=None,
@@ -505,7 +515,8 @@ def add_search_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the search in --path")
     p.add_argument("--config", help="search config YAML (sections data, augment, train, search)")
     p.add_argument("--preset", choices=sorted(PRESETS),
-                   help="paper: Peter et al.'s schedule (40 warm-up + 120 search epochs)")
+                   help="paper: Peter et al.'s schedule and loss (40 warm-up + 120 search "
+                        "epochs, full_v2, arch lr 4e-3, mul#log)")
     p.add_argument("--search_space", help="proxyless_kws (default), bcresnet, hybrid or a .yaml")
     p.add_argument("--width_mult", type=float)
     p.add_argument("--n_mfcc", type=int, help="MFCC count for MFCC spaces (default: the space's)")
@@ -513,7 +524,9 @@ def add_search_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data_root")
     p.add_argument("--target_hardware", choices=TARGETS)
     p.add_argument("--flops_ref_value", type=float, help="MAC reference/budget, e.g. 20e6")
-    p.add_argument("--grad_reg_loss_type", choices=REG_LOSS_TYPES)
+    p.add_argument("--grad_reg_loss_type", choices=REG_LOSS_TYPES,
+                   help="budget (default: land within +-budget_tolerance of flops_ref_value), "
+                        "mul#log or add#linear (Peter et al.)")
     p.add_argument("--grad_reg_loss_alpha", type=float)
     p.add_argument("--grad_reg_loss_beta", type=float)
     p.add_argument("--grad_reg_loss_lambda", type=float)
