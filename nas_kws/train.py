@@ -33,12 +33,13 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The weight optimizer for `params` (a supernet passes its weights only, not alpha)."""
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
                                nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     raise ValueError(f"train.optimizer: expected sgd or adam, got {cfg.optimizer!r}")
 
 
@@ -127,7 +128,7 @@ def fit(model: nn.Module, cfg: ExperimentConfig, run_dir: str | Path, resume: bo
                          f"{len(pipe.classes)} classes {pipe.classes}")
     memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
     model.to(device, memory_format=memory_format)
-    optimizer = build_optimizer(model, t)
+    optimizer = build_optimizer(model.parameters(), t)
     scheduler = build_scheduler(optimizer, t, len(pipe.train_loader))
     use_amp = t.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)

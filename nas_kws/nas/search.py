@@ -45,7 +45,7 @@ from nas_kws.nas.mixed_op import BINARY_MODES
 from nas_kws.nas.space import SearchSpace, load_space
 from nas_kws.nas.supernet import Supernet
 from nas_kws.runs import RunDir
-from nas_kws.train import NonFiniteLossError, Pipeline
+from nas_kws.train import NonFiniteLossError, Pipeline, build_optimizer
 
 TARGETS = ("flops", "none")
 RECALIBRATION_BATCHES = 4    # held-out batches that re-estimate BN statistics of the derived path
@@ -275,9 +275,7 @@ class _Search:
         self.valid_loader = self.pipe.loader("valid", self.t.eval_batch_size)
         self.steps = len(self.weight_loader) if not self.t.max_steps_per_epoch else min(
             self.t.max_steps_per_epoch, len(self.weight_loader))
-        self.weight_opt = torch.optim.SGD(self.supernet.weight_parameters(), lr=self.t.lr,
-                                          momentum=self.t.momentum, nesterov=self.t.nesterov,
-                                          weight_decay=self.t.weight_decay)
+        self.weight_opt = build_optimizer(self.supernet.weight_parameters(), self.t)
         self.arch_opt = torch.optim.Adam(self.supernet.arch_parameters(), lr=self.s.arch_lr,
                                          betas=(self.s.arch_adam_beta1, self.s.arch_adam_beta2),
                                          eps=self.s.arch_adam_eps)
