@@ -156,3 +156,8 @@ def test_genotype_file_takes_feature_overrides_like_registered_models(tmp_path):
     assert model(torch.randn(2, 1, 40, 51)).shape == (2, 5)
     with pytest.raises(ValueError, match="unknown key.*n_mfc"):
         create_model(str(path), features={"n_mfc": 10})
+
+
+def test_genotype_file_keeps_its_own_class_count(tmp_path):
+    path = save_genotype(tmp_path / "genotype.yaml", mixed_genotype())
+    assert create_model(str(path)).num_classes == 5

@@ -69,10 +69,11 @@ def _is_genotype_path(name: str | Path) -> bool:
     return str(name).endswith((".yaml", ".yml"))
 
 
-def create_model(name_or_genotype: str | Path, num_classes: int = 12,
+def create_model(name_or_genotype: str | Path, num_classes: int | None = None,
                  features: FeatureConfig | dict | None = None, **kwargs: Any) -> nn.Module:
     """Build a registered model (or the net a genotype .yaml describes). The result has
-    `.feature_config`, `.num_classes` and `.spec`, and
+    `.feature_config`, `.num_classes` and `.spec` (num_classes defaults to 12 for registered
+    models and to the genotype's own for a genotype file), and
     `create_model(spec["name"], num_classes=..., **spec["kwargs"])` rebuilds it."""
     if _is_genotype_path(name_or_genotype):
         path = Path(name_or_genotype)
@@ -85,6 +86,7 @@ def create_model(name_or_genotype: str | Path, num_classes: int = 12,
         return build_from_genotype(load_genotype(path), num_classes=num_classes, **kwargs)
 
     name = str(name_or_genotype)
+    num_classes = 12 if num_classes is None else num_classes
     entry = _entry(name)
     _check_kwargs(name, entry.fn, kwargs)
     feature_config = _as_features(features, name)
