@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "nas_kws.nas.search",
     "nas_kws.quant.commands",
     "nas_kws.report",
+    "nas_kws.demo",
 )
 
 

@@ -1,4 +1,4 @@
-"""`nas-kws train`, `nas-kws eval` and `nas-kws demo`."""
+"""`nas-kws train` and `nas-kws eval`."""
 from __future__ import annotations
 
 import argparse
@@ -107,22 +107,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """The README's main job on the embedded synthetic data."""
-    from nas_kws.profiling import format_profile, profile_model
-    from nas_kws.runs import load_model
-    from nas_kws.train import train_experiment
-
-    cfg = load_config(ExperimentConfig, EXPERIMENTS_DIR / "demo.yaml",
-                      {"train.epochs": args.epochs} if args.epochs else {})
-    run_dir = Path(args.out) / "bcresnet1"
-    metrics = train_experiment(cfg, run_dir, resume=(run_dir / "config.yaml").is_file())
-    model, _, _ = load_model(run_dir)
-    print(format_profile(profile_model(model)))
-    print_metrics(metrics, run_dir)
-    return 0
-
-
 def add_commands(sub) -> None:
     p = sub.add_parser("train", help="train a registered model or a genotype")
     p.add_argument("--model", help="registered model name (see `nas-kws profile --list`)")
@@ -140,8 +124,3 @@ def add_commands(sub) -> None:
     p.add_argument("--data_root", help="evaluate on another copy/location of the data")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_eval)
-
-    p = sub.add_parser("demo", help="the main job on the embedded synthetic dataset")
-    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    p.add_argument("--epochs", type=int, help="override the demo's epoch count")
-    p.set_defaults(func=cmd_demo)
