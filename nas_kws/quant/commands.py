@@ -265,12 +265,11 @@ def cmd_svd(args: argparse.Namespace) -> int:
 # --- export and latency ------------------------------------------------------------------------
 
 def _parity(model: nn.Module, path: Path, feats: torch.Tensor) -> dict[str, Any]:
-    from nas_kws.quant.export import onnx_logits
+    from nas_kws.quant.export import onnx_logits, prediction_parity
 
     with torch.no_grad():
-        torch_pred = torch.cat([model(x).argmax(1) for x in feats.split(250)])
-    onnx_pred = torch.from_numpy(onnx_logits(path, feats).argmax(1))
-    return {"clips": len(feats), "agreement": float((torch_pred == onnx_pred).float().mean())}
+        torch_logits = torch.cat([model(x) for x in feats.split(250)])
+    return prediction_parity(torch_logits, torch.from_numpy(onnx_logits(path, feats)))
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -300,8 +299,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         if "kernels" in r:
             extra = (f", {r['kernels']['integer_kernels']} integer kernels, "
                      f"{r['kernels']['float_weight_kernels']} float conv/gemm")
-        print(f"{kind}: {r['path']} (agrees with PyTorch on {r['parity']['agreement']:.2%} of "
-              f"{r['parity']['clips']} test clips{extra})")
+        parity = r["parity"]
+        print(f"{kind}: {r['path']} (agrees with PyTorch on {parity['agreement']:.2%} of "
+              f"{parity['clips']} test clips, {parity['agreement_tie_aware']:.2%} counting exact "
+              f"logit ties, max logit difference {parity['max_abs_logit_diff']:.3g}{extra})")
     return 0
 
 

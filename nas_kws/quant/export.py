@@ -124,3 +124,18 @@ def onnx_logits(path: str | Path, features: np.ndarray | torch.Tensor,
     sess = session(path, threads)
     feats = np.asarray(features, dtype=np.float32)
     return np.concatenate([sess.run([OUTPUT], {INPUT: feats[i:i + 1]})[0] for i in range(len(feats))])
+
+
+def prediction_parity(reference: torch.Tensor, exported: torch.Tensor) -> dict[str, Any]:
+    """Argmax agreement of two engines' logits on the same clips. `agreement` is strict;
+    `agreement_tie_aware` also counts clips where one engine's top logits tie exactly and the
+    other's choice is among them: int8 logits live on a grid, so exact ties occur, and argmax
+    breaks them by class order, not by anything the model computed."""
+    ref_pred, exp_pred = reference.argmax(1), exported.argmax(1)
+    strict = ref_pred == exp_pred
+    tie = ((reference.gather(1, exp_pred[:, None])[:, 0] == reference.max(1).values)
+           | (exported.gather(1, ref_pred[:, None])[:, 0] == exported.max(1).values))
+    return {"clips": len(reference), "agreement": float(strict.float().mean()),
+            "agreement_tie_aware": float((strict | tie).float().mean()),
+            "max_abs_logit_diff": float((reference - exported).abs().max())}
+
