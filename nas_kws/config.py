@@ -60,6 +60,7 @@ class TrainConfig:
     channels_last: bool = True
     eval_batch_size: int = 500
     max_steps_per_epoch: int = 0   # 0 = the whole training split
+    select_start: bool = False     # fine-tuning: the starting weights compete for `best` (epoch -1)
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """`nas-kws demo`: the README's main job, end to end on the embedded synthetic set.
 
 search (hybrid space, MAC budget) -> retrain the derived net -> train BC-ResNet-1 with the same
-recipe -> profile -> round weights (PTQ 8/6/4) and Brevitas QAT W8A8 -> ONNX fp32 and int8 with
+recipe -> profile -> round weights (PTQ 8/6/4) and Brevitas QAT W8A8 / W4A8 -> ONNX fp32 and int8 with
 latency -> comparison report. Each step is the `nas-kws` command of the same name, run in this
 process, so the demo exercises exactly what users run. Running it again continues: finished
 steps are skipped, an interrupted search or training resumes from its checkpoint.
@@ -65,18 +65,21 @@ def train_step(args: argparse.Namespace, run: Path, model_flags: list[str]) -> N
 
 
 def quantize_steps(args: argparse.Namespace, run: Path) -> None:
-    """PTQ 8/6/4, QAT W8A8, ONNX fp32 of the float net and int8 of the QAT twin, latency."""
+    """PTQ 8/6/4, QAT W8A8 and W4A8, ONNX fp32 of the float net and int8 of the W8A8 twin,
+    latency of both."""
     if not (run / "quant" / "ptq.json").is_file():
         run_step(["quantize", "ptq", str(run), "--bits", "8,6,4"])
-    qat = run / "quant" / "qat_w8a8"
-    if not finished(qat):
-        run_step(["quantize", "qat", str(run), "--weight_bits", "8", "--act_bits", "8",
-                  "--epochs", str(args.qat_epochs), "--out", str(qat)])
-    onnx = [run / "export" / "model_fp32.onnx", qat / "export" / "model_int8.onnx"]
+    for weight_bits in (8, 4):
+        qat = run / "quant" / f"qat_w{weight_bits}a8"
+        if not finished(qat):
+            run_step(["quantize", "qat", str(run), "--weight_bits", str(weight_bits),
+                      "--act_bits", "8", "--epochs", str(args.qat_epochs), "--out", str(qat)])
+    onnx = [run / "export" / "model_fp32.onnx",
+            run / "quant" / "qat_w8a8" / "export" / "model_int8.onnx"]
     if not onnx[0].is_file():
         run_step(["export", str(run)])
     if not onnx[1].is_file():
-        run_step(["export", str(qat)])
+        run_step(["export", str(onnx[1].parent.parent)])
     if not all(p.with_suffix(".latency.json").is_file() for p in onnx):
         run_step(["bench", "latency", *map(str, onnx), "--runs", str(args.latency_runs)])
 
@@ -88,10 +91,14 @@ def summary(search: Path, runs: dict[str, Path], report: Path) -> str:
              *(f"  block {i:2d}  {label}" for i, label in enumerate(found["blocks"])),
              f"MACs {found['derived_macs']:,} against the budget {found['flops_ref_value']:,.0f} "
              f"({found['macs_vs_ref']:.2f}x)", "",
-             f"{'model':12s} {'params':>9s} {'MACs':>12s} {'test acc':>9s}"]
+             f"{'model':12s} {'params':>9s} {'MACs':>12s} {'fp32 acc':>9s} {'QAT w8a8':>9s} "
+             f"{'QAT w4a8':>9s}"]
     for label, run in runs.items():
+        accs = [json.loads((path / "metrics.json").read_text())["test_best_acc"]
+                for path in (run, run / "quant" / "qat_w8a8", run / "quant" / "qat_w4a8")]
         m = json.loads((run / "metrics.json").read_text())
-        lines.append(f"{label:12s} {m['params']:>9,} {m['macs']:>12,} {m['test_best_acc']:>9.4f}")
+        lines.append(f"{label:12s} {m['params']:>9,} {m['macs']:>12,} "
+                     + " ".join(f"{acc:>9.4f}" for acc in accs))
     lines.append(f"\nreport: {report / 'report.md'} (and report.csv, accuracy_vs_macs.png, "
                  "accuracy_vs_size.png)")
     return "\n".join(lines)
@@ -133,7 +140,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--search_epochs", type=_epochs_pair, metavar="WARMUP,SEARCH",
                    help=f"search schedule (default: {DEMO_SEARCH.name}'s)")
     p.add_argument("--epochs", type=int, help=f"training epochs (default: {DEMO_RECIPE.name}'s)")
-    p.add_argument("--qat_epochs", type=int, default=2, help="QAT fine-tuning epochs (default 2)")
+    p.add_argument("--qat_epochs", type=int, default=3, help="QAT fine-tuning epochs (default 3)")
     p.add_argument("--latency_runs", type=int, default=200, help="onnxruntime runs per model")
     p.add_argument("--baselines", default="bcresnet1,bcresnet8",
                    help="models the report must list (missing ones are marked missing)")

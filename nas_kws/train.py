@@ -155,6 +155,11 @@ def fit(model: nn.Module, cfg: ExperimentConfig, run_dir: str | Path, resume: bo
                 "scaler": scaler.state_dict(), "rng": rng_state(), "best_valid_acc": best_acc,
                 "history": history, "config": to_dict(cfg)}
 
+    if t.select_start and start_epoch == 0:
+        # Fine-tuning a quantized or compressed net must not select weights worse than its start.
+        best_acc = evaluate(model, pipe.frontend, valid_loader, device, len(pipe.classes)).accuracy
+        run.save_checkpoint("best", checkpoint(-1))
+
     writer = SummaryWriter(str(run.tb_dir))
     started = time.time()
     epochs = tqdm(range(start_epoch, t.epochs), desc="epochs", disable=not progress,

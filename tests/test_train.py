@@ -79,3 +79,19 @@ def test_train_command_rejects_unknown_config_key(tmp_path, capsys):
     bad.write_text("train:\n  lr_max: 1\n")
     assert main(["train", "--model", "bcresnet1", "--config", str(bad)]) == 2
     assert "unknown key(s) ['lr_max']" in capsys.readouterr().err
+
+
+def test_select_start_keeps_the_starting_weights_when_fine_tuning_ruins_them(tone_root, tmp_path):
+    cfg = tone_config(tone_root, epochs=5, batch_size=10, lr=0.05, warmup_epochs=1)
+    store = open_dataset(cfg.data, progress=False)
+    model = fresh_model(cfg, store)
+    start = fit(model, cfg, tmp_path / "start", store=store, progress=False)
+    assert start["best_valid_acc"] >= 0.5  # 4 classes: chance is 0.25
+    model.load_state_dict(RunDir(tmp_path / "start").load_checkpoint("best")["model"])
+    ruin = tone_config(tone_root, epochs=1, batch_size=10, optimizer="adam", lr=1.0,
+                       select_start=True)
+    tuned = fit(model, ruin, tmp_path / "tuned", store=store, progress=False)
+    assert tuned["history"][0]["valid_acc"] < start["best_valid_acc"]  # Adam at lr 1 ruins it
+    assert tuned["best_epoch"] == -1
+    assert tuned["best_valid_acc"] == start["best_valid_acc"]
+    assert tuned["test_best_acc"] == start["test_best_acc"]

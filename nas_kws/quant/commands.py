@@ -143,7 +143,7 @@ def _quant_spec(args: argparse.Namespace):
     return QuantSpec.from_dict({k: v for k, v in cli.items() if v is not None}, where="command line")
 
 
-QAT_TRAIN = {"train.optimizer": "adam", "train.weight_decay": 0.0}
+QAT_TRAIN = {"train.optimizer": "adam", "train.weight_decay": 0.0, "train.select_start": True}
 
 
 def finetune_config(run_dir: str | Path, args: argparse.Namespace, defaults: dict[str, Any] | None = None):
@@ -223,7 +223,7 @@ def cmd_svd(args: argparse.Namespace) -> int:
     if not 0 < args.target_macs_ratio < 1:
         raise ValueError(f"--target_macs_ratio: expected a fraction in (0, 1), got {args.target_macs_ratio}")
     model, features, classes = _load_float(args.run_dir, "SVD compression")
-    cfg = finetune_config(args.run_dir, args)
+    cfg = finetune_config(args.run_dir, args, {"train.select_start": True})
     store = open_run_data(args.run_dir, classes)
     calib, calib_labels = split_features(store, features, "valid", limit=args.calib_clips)
     test, test_labels = split_features(store, features, "test")
