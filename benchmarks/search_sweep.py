@@ -5,7 +5,7 @@ beta, and with our budget loss at falling targets; prints the derived nets' MACs
 MACs fall as beta rises or the budget falls, and budget runs land within +-10% of their target.
 
     python benchmarks/search_sweep.py [--spaces proxyless_kws,bcresnet,hybrid] [--size small]
-        [--betas 0.5,2,8] [--ref 20e6] [--budgets 20e6,10e6,5e6] [--epochs 2,4]
+        [--betas 0.5,2,8] [--ref 20e6] [--budgets 20e6,10e6,5e6] [--epochs 2,8] [--arch_every 1]
 """
 from __future__ import annotations
 
@@ -17,11 +17,12 @@ from nas_kws.device import set_threads
 from nas_kws.nas.search import load_search_config, search
 
 
-def run_one(space: str, size: str, epochs: tuple[int, int], loss: str, ref: float,
-            beta: float, out: Path) -> dict:
+def run_one(space: str, size: str, epochs: tuple[int, int], arch_every: int, loss: str,
+            ref: float, beta: float, out: Path) -> dict:
     cfg = load_search_config(None, {
         "search.search_space": space, "data.synth_size": size, "train.seed": 0,
         "search.warmup_epochs": epochs[0], "search.n_epochs": epochs[1],
+        "search.grad_update_arch_param_every": arch_every,
         "search.grad_reg_loss_type": loss, "search.flops_ref_value": ref,
         "search.grad_reg_loss_beta": beta})
     return search(cfg, out, progress=False)
@@ -34,20 +35,23 @@ def main() -> None:
     p.add_argument("--betas", default="0.5,2,8", help="mul#log betas, at --ref")
     p.add_argument("--ref", type=float, default=20e6, help="mul#log reference MACs")
     p.add_argument("--budgets", default="20e6,10e6,5e6", help="budget-loss targets")
-    p.add_argument("--epochs", default="2,4", help="warm-up,search epochs")
+    p.add_argument("--epochs", default="2,8", help="warm-up,search epochs")
+    p.add_argument("--arch_every", type=int, default=1,
+                   help="weight steps per architecture step (1: the small set has few steps)")
     args = p.parse_args()
     threads = set_threads()
     epochs = tuple(int(e) for e in args.epochs.split(","))
     settings = [("mul#log", args.ref, float(b)) for b in args.betas.split(",")]
     settings += [("budget", float(r), 4.0) for r in args.budgets.split(",")]
     print(f"synthetic set {args.size}, seed 0, {epochs[0]} warm-up + {epochs[1]} search epochs, "
-          f"{threads} threads\n")
+          f"an architecture step every {args.arch_every} weight steps, {threads} threads\n")
     print("| space | loss | ref MACs | beta | derived MACs | x ref | supernet valid acc |")
     print("|---|---|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         for space in args.spaces.split(","):
             for i, (loss, ref, beta) in enumerate(settings):
-                m = run_one(space, args.size, epochs, loss, ref, beta, Path(tmp) / f"{space}{i}")
+                m = run_one(space, args.size, epochs, args.arch_every, loss, ref, beta,
+                            Path(tmp) / f"{space}{i}")
                 shown_beta = f"{beta:g}" if loss == "mul#log" else "-"
                 print(f"| {space} | {loss} | {ref / 1e6:.1f} M | {shown_beta} | "
                       f"{m['derived_macs']:,} | {m['macs_vs_ref']:.3f} | "
