@@ -32,6 +32,19 @@ def test_set_flags_need_key_value():
 
 
 def test_experiment_files_load():
+    """Training recipes load as ExperimentConfig, search configs (a `search:` section) as
+    SearchConfig; either way every key is known."""
     from pathlib import Path
-    for path in sorted(Path(__file__).parent.parent.glob("experiments/*.yaml")):
-        load_config(ExperimentConfig, path)
+
+    import yaml
+
+    from nas_kws.nas.search import load_search_config
+
+    paths = sorted(Path(__file__).parent.parent.glob("experiments/*.yaml"))
+    searches = [p for p in paths if "search" in (yaml.safe_load(p.read_text()) or {})]
+    assert [p.name for p in searches] == ["demo_search.yaml"]
+    for path in paths:
+        if path in searches:
+            load_search_config(path)
+        else:
+            load_config(ExperimentConfig, path)
