@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 from nas_kws.commands import EXPERIMENTS_DIR
@@ -33,14 +34,20 @@ def finished(run: Path) -> bool:
     return (run / "metrics.json").is_file()
 
 
-def started(run: Path) -> bool:
-    return (run / "config.yaml").is_file()
+def resumable(run: Path) -> bool:
+    """True when a run has a checkpoint to continue from. A run folder without one stopped
+    before its first epoch ended and holds nothing worth keeping, so it is cleared."""
+    if (run / "checkpoints" / "last.pt").is_file():
+        return True
+    if run.exists():
+        shutil.rmtree(run)
+    return False
 
 
 def search_step(args: argparse.Namespace, path: Path) -> None:
     if finished(path):
         return
-    if started(path):
+    if resumable(path):
         run_step(["search", "--path", str(path), "--resume"])
         return
     argv = ["search", "--path", str(path), "--config", str(DEMO_SEARCH),
@@ -56,7 +63,7 @@ def search_step(args: argparse.Namespace, path: Path) -> None:
 def train_step(args: argparse.Namespace, run: Path, model_flags: list[str]) -> None:
     if finished(run):
         return
-    if started(run):
+    if resumable(run):
         run_step(["train", "--resume", str(run)])
         return
     argv = ["train", *model_flags, "--config", str(DEMO_RECIPE), "--run_dir", str(run),

@@ -2,6 +2,7 @@
 import csv
 
 from nas_kws.cli import main
+from nas_kws.demo import resumable
 
 DEMO = ["demo", "--synth_size", "small", "--epochs", "1", "--search_epochs", "1,1",
         "--qat_epochs", "1", "--latency_runs", "5"]
@@ -29,3 +30,18 @@ def test_demo_runs_search_to_report_and_resumes(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "nas-kws train" not in printed and "nas-kws search" not in printed
     assert (out / "searched" / "metrics.json").stat().st_mtime_ns == stamp
+
+    (out / "bcresnet1" / "metrics.json").unlink()          # as if stopped after its last epoch
+    assert main([*DEMO, "--out", str(out)]) == 0
+    assert "nas-kws train --resume" in capsys.readouterr().out
+    assert (out / "bcresnet1" / "metrics.json").is_file()
+
+
+def test_a_run_without_checkpoint_is_cleared_not_resumed(tmp_path):
+    early = tmp_path / "early"
+    early.mkdir()
+    (early / "config.yaml").write_text("model: bcresnet1\n")
+    assert not resumable(early) and not early.exists()
+    (tmp_path / "late" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "late" / "checkpoints" / "last.pt").write_bytes(b"x")
+    assert resumable(tmp_path / "late")
