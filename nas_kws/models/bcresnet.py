@@ -24,7 +24,7 @@ class SubSpectralNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        if h % self.groups:
+        if not torch.jit.is_tracing() and h % self.groups:  # export traces a checked shape
             g = self.groups
             nearest = [m for m in (h // g * g, (h // g + 1) * g) if m]
             raise ValueError(f"SubSpectralNorm: input height {h} is not divisible by groups="
