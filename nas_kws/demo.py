@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 from nas_kws.commands import EXPERIMENTS_DIR
+from nas_kws.data.synth import SYNTH_SIZES
 
 DEMO_RECIPE = EXPERIMENTS_DIR / "demo.yaml"          # training recipe of both nets
 DEMO_SEARCH = EXPERIMENTS_DIR / "demo_search.yaml"   # the search's space, budget and schedule
@@ -81,12 +82,12 @@ def quantize_steps(args: argparse.Namespace, run: Path) -> None:
         if not finished(qat):
             run_step(["quantize", "qat", str(run), "--weight_bits", str(weight_bits),
                       "--act_bits", "8", "--epochs", str(args.qat_epochs), "--out", str(qat)])
-    onnx = [run / "export" / "model_fp32.onnx",
-            run / "quant" / "qat_w8a8" / "export" / "model_int8.onnx"]
+    int8_twin = run / "quant" / "qat_w8a8"
+    onnx = [run / "export" / "model_fp32.onnx", int8_twin / "export" / "model_int8.onnx"]
     if not onnx[0].is_file():
         run_step(["export", str(run)])
     if not onnx[1].is_file():
-        run_step(["export", str(onnx[1].parent.parent)])
+        run_step(["export", str(int8_twin)])
     if not all(p.with_suffix(".latency.json").is_file() for p in onnx):
         run_step(["bench", "latency", *map(str, onnx), "--runs", str(args.latency_runs)])
 
@@ -101,9 +102,10 @@ def summary(search: Path, runs: dict[str, Path], report: Path) -> str:
              f"{'model':12s} {'params':>9s} {'MACs':>12s} {'fp32 acc':>9s} {'QAT w8a8':>9s} "
              f"{'QAT w4a8':>9s}"]
     for label, run in runs.items():
-        accs = [json.loads((path / "metrics.json").read_text())["test_best_acc"]
-                for path in (run, run / "quant" / "qat_w8a8", run / "quant" / "qat_w4a8")]
         m = json.loads((run / "metrics.json").read_text())
+        accs = [m["test_best_acc"]] + [
+            json.loads((run / "quant" / qat / "metrics.json").read_text())["test_best_acc"]
+            for qat in ("qat_w8a8", "qat_w4a8")]
         lines.append(f"{label:12s} {m['params']:>9,} {m['macs']:>12,} "
                      + " ".join(f"{acc:>9.4f}" for acc in accs))
     lines.append(f"\nreport: {report / 'report.md'} (and report.csv, accuracy_vs_macs.png, "
@@ -140,7 +142,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the main job: search -> retrain -> quantize -> compare on "
                                     "the embedded synthetic set")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    p.add_argument("--synth_size", default="default", choices=["tiny", "small", "default", "large"],
+    p.add_argument("--synth_size", default="default", choices=list(SYNTH_SIZES),
                    help="synthetic set size (default: default)")
     p.add_argument("--flops_ref_value", type=float,
                    help=f"MAC budget of the search (default: {DEMO_SEARCH.name}'s)")

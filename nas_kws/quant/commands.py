@@ -143,15 +143,17 @@ def _quant_spec(args: argparse.Namespace):
     return QuantSpec.from_dict({k: v for k, v in cli.items() if v is not None}, where="command line")
 
 
-QAT_TRAIN = {"train.optimizer": "adam", "train.weight_decay": 0.0, "train.select_start": True}
+QAT_TRAIN = {"train.optimizer": "adam", "train.weight_decay": 0.0}
 
 
 def finetune_config(run_dir: str | Path, args: argparse.Namespace, defaults: dict[str, Any] | None = None):
-    """The parent's experiment with a short, low-lr schedule for fine-tuning a derived net;
-    `defaults` sit between the parent's values and the command line's."""
+    """The parent's experiment with a short, low-lr schedule for fine-tuning a derived net, whose
+    starting weights compete for the best checkpoint; `defaults` sit between the parent's values
+    and the command line's."""
     from nas_kws.config import ExperimentConfig, apply_overrides, from_dict, parse_set_flags, to_dict
 
-    overrides = {**(defaults or {}), "train.epochs": args.epochs, "train.lr": args.lr,
+    overrides = {"train.select_start": True, **(defaults or {}), "train.epochs": args.epochs,
+                 "train.lr": args.lr,
                  "train.warmup_epochs": 0, "train.seeds": 1, **parse_set_flags(args.set)}
     return from_dict(ExperimentConfig, apply_overrides(to_dict(run_config(run_dir)), overrides),
                      f"{run_dir}/config.yaml")
@@ -223,7 +225,7 @@ def cmd_svd(args: argparse.Namespace) -> int:
     if not 0 < args.target_macs_ratio < 1:
         raise ValueError(f"--target_macs_ratio: expected a fraction in (0, 1), got {args.target_macs_ratio}")
     model, features, classes = _load_float(args.run_dir, "SVD compression")
-    cfg = finetune_config(args.run_dir, args, {"train.select_start": True})
+    cfg = finetune_config(args.run_dir, args)
     store = open_run_data(args.run_dir, classes)
     calib, calib_labels = split_features(store, features, "valid", limit=args.calib_clips)
     test, test_labels = split_features(store, features, "test")

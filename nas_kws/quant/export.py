@@ -138,4 +138,3 @@ def prediction_parity(reference: torch.Tensor, exported: torch.Tensor) -> dict[s
     return {"clips": len(reference), "agreement": float(strict.float().mean()),
             "agreement_tie_aware": float((strict | tie).float().mean()),
             "max_abs_logit_diff": float((reference - exported).abs().max())}
-
