@@ -9,7 +9,6 @@ from nas_kws.data.folders import index_folders
 from nas_kws.data.gsc import TASKS, download_gsc, index_gsc
 from nas_kws.data.index import DatasetIndex
 from nas_kws.data.store import build_store
-from nas_kws.data.synth import SYNTH_SIZES, generate_synth
 
 
 def counts_table(index: DatasetIndex) -> str:
@@ -52,6 +51,9 @@ def run_folders(args: argparse.Namespace) -> None:
 
 
 def run_synth(args: argparse.Namespace) -> None:
+    # Imported here: the speech synthesiser is only needed by this subcommand.
+    from nas_kws.data.synth import generate_synth
+
     generate_synth(args.out, seed=args.seed, size=args.size, progress=True, workers=args.workers)
     _prepare(index_gsc(args.out, version=2, task="12class", seed=args.seed), 16000, 16000,
              args.workers)
@@ -80,7 +82,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     synth = sub.add_parser("synth", help="generate the synthetic GSC-shaped set (no download)")
     synth.add_argument("--out", type=Path, required=True)
     synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--size", choices=list(SYNTH_SIZES), default="default")
+    synth.add_argument("--size", choices=("tiny", "small", "default", "large"), default="default")
     synth.set_defaults(func=run_synth)
 
     for parser in (gsc, folders, synth):
