@@ -1,11 +1,12 @@
-"""The `nas-kws` command: each module adds its own subcommands; this file only dispatches."""
+"""The `nas-kws` command: each command module adds its own subcommands; this file only
+dispatches."""
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
 
-from nas_kws.device import set_threads
+from nas_kws.cliflags import add_debug_flag, run_main
 
 COMMAND_MODULES = (
     "nas_kws.commands",
@@ -20,6 +21,7 @@ COMMAND_MODULES = (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nas-kws", description=__doc__)
+    add_debug_flag(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_commands(sub)
@@ -27,13 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    set_threads()
-    try:
-        return args.func(args) or 0
-    except (ValueError, OSError) as err:
-        print(f"nas-kws {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    return run_main(build_parser(), argv)
 
 
 if __name__ == "__main__":
