@@ -5,9 +5,7 @@ import argparse
 import time
 from pathlib import Path
 
-from nas_kws.config import ExperimentConfig, load_config, parse_set_flags
-
-EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
+from nas_kws.config import ExperimentConfig, default_config_for, load_config, parse_set_flags
 
 
 def add_experiment_flags(p: argparse.ArgumentParser) -> None:
@@ -35,12 +33,6 @@ def experiment_from_args(args: argparse.Namespace, model: str | None = None) -> 
     if model is not None:
         overrides["model"] = model
     return load_config(ExperimentConfig, args.config, overrides)
-
-
-def default_config_for(model: str) -> str | None:
-    """experiments/<model>.yaml when it exists, so `--model bcresnet8` gets the paper recipe."""
-    path = EXPERIMENTS_DIR / f"{model}.yaml"
-    return str(path) if path.is_file() else None
 
 
 def cmd_train(args: argparse.Namespace) -> int:

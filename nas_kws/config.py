@@ -9,11 +9,14 @@ import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Iterable, TypeVar
 
 import yaml
 
+from nas_kws.fileio import read_yaml
+
 T = TypeVar("T")
+EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
 
 
 @dataclass
@@ -99,16 +102,21 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+def check_keys(data: Iterable[str], valid: Iterable[str], where: str) -> None:
+    """Refuse keys outside `valid`, listing the valid ones: a typo never becomes a default."""
+    valid = list(valid)
+    unknown = sorted(set(data) - set(valid))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys: {valid}")
+
+
 def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config") -> T:
     """Build a (nested) config dataclass from a mapping; unknown keys are errors."""
     data = data or {}
     if not isinstance(data, dict):
         raise ValueError(f"{where}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
-    valid = [f.name for f in fields(cls)]
-    unknown = sorted(set(data) - set(valid))
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys: {valid}")
+    check_keys(data, [f.name for f in fields(cls)], where)
     kwargs = {}
     for name, value in data.items():
         tp = hints[name]
@@ -141,13 +149,16 @@ def read_config_file(path: str | Path | None) -> tuple[dict[str, Any], str]:
     """(mapping, name for error messages) of a YAML config file; ({}, "config") for None."""
     if path is None:
         return {}, "config"
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: config file not found")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = read_yaml(path, "config file") or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of config sections, got {type(data).__name__}")
     return data, str(path)
+
+
+def default_config_for(model: str) -> str | None:
+    """experiments/<model>.yaml when it exists, so `--model bcresnet8` gets the paper recipe."""
+    path = EXPERIMENTS_DIR / f"{model}.yaml"
+    return str(path) if path.is_file() else None
 
 
 def load_config(cls: type[T], path: str | Path | None = None,

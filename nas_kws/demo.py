@@ -13,7 +13,7 @@ import json
 import shutil
 from pathlib import Path
 
-from nas_kws.commands import EXPERIMENTS_DIR
+from nas_kws.config import EXPERIMENTS_DIR
 from nas_kws.data.synth import SYNTH_SIZES
 
 DEMO_RECIPE = EXPERIMENTS_DIR / "demo.yaml"          # training recipe of both nets

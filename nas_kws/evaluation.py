@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas_kws.fileio import atomic_write
+from nas_kws.plots import pyplot, save_figure
 
 
 @dataclass
@@ -57,13 +57,9 @@ def format_confusion(confusion: np.ndarray, classes: list[str]) -> str:
 
 def confusion_figure(confusion: np.ndarray, classes: list[str], title: str = ""):
     """A matplotlib figure of the row-normalised confusion matrix (for PNG and TensorBoard)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     norm = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
     size = 2 + 0.45 * len(classes)
-    fig, ax = plt.subplots(figsize=(size, size))
+    fig, ax = pyplot().subplots(figsize=(size, size))
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(len(classes)), classes, rotation=90)
     ax.set_yticks(range(len(classes)), classes)
@@ -82,9 +78,4 @@ def confusion_figure(confusion: np.ndarray, classes: list[str], title: str = "")
 
 def save_confusion_png(path: str | Path, confusion: np.ndarray, classes: list[str],
                        title: str = "") -> Path:
-    import matplotlib.pyplot as plt
-
-    fig = confusion_figure(confusion, classes, title)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-    plt.close(fig)
-    return Path(path)
+    return save_figure(confusion_figure(confusion, classes, title), path)

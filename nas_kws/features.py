@@ -9,6 +9,8 @@ import torch
 import torchaudio
 from torch import nn
 
+from nas_kws.config import check_keys
+
 FEATURE_KINDS = ("logmel", "mfcc")
 
 
@@ -65,10 +67,7 @@ class FeatureConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "features") -> "FeatureConfig":
-        valid = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - valid)
-        if unknown:
-            raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys: {sorted(valid)}")
+        check_keys(data, sorted(f.name for f in fields(cls)), where)
         return cls(**data)
 
 

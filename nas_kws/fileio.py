@@ -1,10 +1,14 @@
-"""Atomic writes and the cache folder: nothing already written is lost when a job dies."""
+"""File reading and atomic writing, and the cache folder: nothing already written is lost when a
+job dies, and a missing or malformed file is an error naming its path."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import tempfile
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any, Callable
 
 import yaml
@@ -45,3 +49,23 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 def write_yaml(path: str | os.PathLike, obj: Any) -> Path:
     return write_text(path, yaml.safe_dump(obj, sort_keys=False))
+
+
+def write_csv(path: str | os.PathLike, columns: list[str], rows: Iterable[dict[str, Any]]) -> Path:
+    """A header of `columns`, then one line per row (None is written as an empty cell)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    return write_text(path, buffer.getvalue())
+
+
+def read_yaml(path: str | os.PathLike, what: str = "file") -> Any:
+    """The parsed YAML of `path`; a missing `what` or invalid YAML is an error naming the path."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {what} not found")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML ({err})") from None

@@ -178,8 +178,7 @@ def collect(runs: list[str | Path]) -> list[Row]:
 
 def train_baseline(name: str, reference_run: str | Path, out: Path, epochs: int | None) -> Path:
     """Train a missing baseline with its recipe on the reference run's data and seeds."""
-    from nas_kws.commands import default_config_for
-    from nas_kws.config import ExperimentConfig, load_config, to_dict
+    from nas_kws.config import ExperimentConfig, default_config_for, load_config, to_dict
     from nas_kws.quant.commands import run_config
     from nas_kws.train import train_experiment
 

@@ -13,8 +13,8 @@ import soundfile as sf
 
 from nas_kws.data import gsc
 from nas_kws.data.commands import add_commands
-from nas_kws.data.gsc import KEYWORDS, index_gsc
-from nas_kws.data.index import SILENCE, SPLITS, UNKNOWN, noise_region
+from nas_kws.data.gsc import index_gsc
+from nas_kws.data.index import KEYWORDS, NOISE_DIR, SILENCE, SPLITS, UNKNOWN, noise_region
 
 OTHER_WORDS = ("bed", "cat", "dog")
 PER_WORD = 20          # file i goes to valid when i % 10 == 0, to test when i % 10 == 1
@@ -36,8 +36,8 @@ def make_gsc(root: Path, words=KEYWORDS + OTHER_WORDS) -> Path:
             _wav(root / rel, 0.05, seed=w * 100 + i)
             (valid if i % 10 == 0 else test if i % 10 == 1 else []).append(rel)
     for k, name in enumerate(("white_noise.wav", "running_tap.wav")):
-        _wav(root / "_background_noise_" / name, NOISE_SECONDS, seed=999 + k)
-    (root / "_background_noise_" / "README.md").write_text("noise")
+        _wav(root / NOISE_DIR / name, NOISE_SECONDS, seed=999 + k)
+    (root / NOISE_DIR / "README.md").write_text("noise")
     (root / "validation_list.txt").write_text("\n".join(valid) + "\n")
     (root / "testing_list.txt").write_text("\n".join(test) + "\n")
     return root

@@ -14,11 +14,10 @@ import numpy as np
 import soundfile as sf
 
 from nas_kws.data.download import download, extract
-from nas_kws.data.index import SILENCE, SPLITS, UNKNOWN, ClipRef, DatasetIndex, noise_region, speaker_of
+from nas_kws.data.index import (KEYWORDS, NOISE_DIR, SILENCE, SPLITS, UNKNOWN, ClipRef,
+                                DatasetIndex, noise_region, speaker_of)
 
-KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 TASKS = ("12class", "35class")
-NOISE_DIR = "_background_noise_"
 # BC-ResNet's per-split numbers of `_unknown_` and `_silence_` clips. On the real archives they
 # are the mean keyword count of each split (v2 train: 30,769 keyword clips / 10 = 3077).
 BCRESNET_COUNTS = {1: {"train": 1854, "valid": 258, "test": 257},

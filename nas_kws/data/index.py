@@ -12,6 +12,8 @@ from nas_kws.fileio import write_json
 SPLITS = ("train", "valid", "test")
 SILENCE = "_silence_"
 UNKNOWN = "_unknown_"
+KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")  # GSC's 12-class task
+NOISE_DIR = "_background_noise_"   # GSC's folder of long noise recordings (synth writes one too)
 # Each background-noise file is cut in time into disjoint regions, one per split, so the
 # `_silence_` clips (and training noise) of one split never reuse another split's audio.
 NOISE_REGIONS = {"train": (0.0, 0.8), "valid": (0.8, 0.9), "test": (0.9, 1.0)}

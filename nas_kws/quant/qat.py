@@ -27,7 +27,7 @@ from brevitas.quant import (Int8WeightPerChannelFloat, Int8WeightPerTensorFloat,
                             ShiftedUint8ActPerTensorFloat)
 from torch import nn
 
-from nas_kws.config import read_config_file
+from nas_kws.config import check_keys, read_config_file
 from nas_kws.quant.fold import example_input, fold_batchnorm, weight_layers_in_order
 
 BIT_RANGE = (2, 8)
@@ -91,10 +91,7 @@ class QuantSpec:
     def from_dict(cls, data: dict[str, Any], where: str = "quant spec") -> "QuantSpec":
         if not isinstance(data, dict):
             raise ValueError(f"{where}: expected a mapping, got {data!r}")
-        valid = [f.name for f in fields(cls)]
-        unknown = sorted(set(data) - set(valid))
-        if unknown:
-            raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys: {valid}")
+        check_keys(data, [f.name for f in fields(cls)], where)
         try:
             return cls(**data)
         except ValueError as err:
