@@ -16,7 +16,8 @@ import tempfile
 from pathlib import Path
 
 from nas_kws.device import set_threads
-from nas_kws.nas.search import load_search_config, search
+from nas_kws.nas.search import search
+from nas_kws.nas.search_config import load_search_config
 
 
 def run_one(space: str, size: str, epochs: tuple[int, int], arch_every: int, loss: str,

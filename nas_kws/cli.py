@@ -12,7 +12,7 @@ COMMAND_MODULES = (
     "nas_kws.commands",
     "nas_kws.data.commands",
     "nas_kws.profiling",
-    "nas_kws.nas.search",
+    "nas_kws.nas.commands",
     "nas_kws.quant.commands",
     "nas_kws.report",
     "nas_kws.demo",

@@ -13,19 +13,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from nas_kws.config import ExperimentConfig, TrainConfig, to_dict
-from nas_kws.data.augment import Augmenter, SpecAugment
-from nas_kws.data.index import SILENCE
-from nas_kws.data.loader import BatchLoader, open_dataset
+from nas_kws.data.loader import open_dataset
+from nas_kws.data.pipeline import Pipeline
 from nas_kws.device import pick_device, rng_state, seed_everything, set_rng_state
 from nas_kws.evaluation import EvalResult, confusion_figure, evaluate, save_confusion_png
-from nas_kws.features import FeatureConfig, Frontend
 from nas_kws.runs import RunDir
 
 
@@ -43,59 +40,53 @@ def build_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     raise ValueError(f"train.optimizer: expected sgd or adam, got {cfg.optimizer!r}")
 
 
+def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """The learning-rate multiplier at `step`: linear warm-up, then cosine to 0 at total_steps.
+    Training and the supernet's weight steps both follow it."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(total_steps - warmup_steps, 1)
+    return 0.5 * (1 + math.cos(math.pi * min(step - warmup_steps, span) / span))
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
                     steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up for `warmup_epochs`, then cosine to 0, stepped every batch."""
     warmup = cfg.warmup_epochs * steps_per_epoch
     total = max(cfg.epochs * steps_per_epoch, warmup + 1)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, total))
 
 
-def spec_augment_for(cfg: ExperimentConfig) -> SpecAugment:
-    a = cfg.augment
-    return SpecAugment(a.freq_masks, a.freq_width, a.time_masks, a.time_width)
+def steps_per_epoch(n_batches: int, cfg: TrainConfig) -> int:
+    """Batches per epoch: the loader's, or fewer when `max_steps_per_epoch` caps it."""
+    return min(cfg.max_steps_per_epoch, n_batches) if cfg.max_steps_per_epoch else n_batches
 
 
-class Pipeline:
-    """Everything between the store and the model: loaders, augmentation and features."""
-
-    def __init__(self, store, cfg: ExperimentConfig, features: FeatureConfig, device: torch.device):
-        if features.sample_rate != store.sample_rate or features.num_samples != store.num_samples:
-            raise ValueError(f"features: {features.sample_rate} Hz x {features.num_samples} samples "
-                             f"do not match the data ({store.sample_rate} Hz x {store.num_samples})")
-        t = cfg.train
-        self.store, self.device = store, device
-        self.classes = list(store.classes)
-        self.frontend = Frontend(features).to(device)
-        silence = self.classes.index(SILENCE) if SILENCE in self.classes else None
-        noise = torch.from_numpy(np.array(store.noise)).float().div_(32768.0).to(device)
-        self.augment = Augmenter(cfg.augment, noise, store.sample_rate, silence)
-        self.spec_augment = spec_augment_for(cfg).to(device)
-        train = store.split("train")
-        self.train_loader = BatchLoader(train.audio, train.labels, t.batch_size, shuffle=True,
-                                        seed=t.seed, balanced=t.balanced, drop_last=True)
-        self.seed = t.seed
-
-    def loader(self, split: str, batch_size: int) -> BatchLoader:
-        arrays = self.store.split(split)
-        return BatchLoader(arrays.audio, arrays.labels, batch_size)
-
-    def generator(self, epoch: int) -> torch.Generator:
-        """Augmentation randomness as a function of (seed, epoch): nothing to checkpoint."""
-        return torch.Generator(device=self.device).manual_seed(self.seed * 7919 + epoch)
-
-    def train_batch(self, waves: torch.Tensor, labels: torch.Tensor,
-                    g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        waves, labels = waves.to(self.device, non_blocking=True), labels.to(self.device)
-        with torch.no_grad():
-            feats = self.spec_augment(self.frontend(self.augment(waves, labels, g)), g)
-        return feats, labels
+def train_step(model: nn.Module, feats: torch.Tensor, labels: torch.Tensor,
+               optimizer: torch.optim.Optimizer, cfg: TrainConfig, where: str,
+               scaler: torch.amp.GradScaler | None = None,
+               soft_targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One weight update; returns (loss, logits), both detached. `soft_targets` (probabilities)
+    replace the labels, for in-place distillation inside a supernet. A non-finite loss stops
+    before the update, naming `where`."""
+    use_amp = scaler is not None and scaler.is_enabled()
+    with torch.autocast(feats.device.type, dtype=torch.float16, enabled=use_amp):
+        logits = model(feats).float()
+    if soft_targets is None:
+        loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
+    else:
+        loss = F.cross_entropy(logits, soft_targets)
+    if not torch.isfinite(loss):
+        raise NonFiniteLossError(f"{where}: loss is {loss.item()}; stopped before the update")
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    return loss.detach(), logits.detach()
 
 
 def _log_epoch(writer, epoch: int, row: dict[str, float], valid: EvalResult,
@@ -160,6 +151,10 @@ def fit(model: nn.Module, cfg: ExperimentConfig, run_dir: str | Path, resume: bo
         best_acc = evaluate(model, pipe.frontend, valid_loader, device, len(pipe.classes)).accuracy
         run.save_checkpoint("best", checkpoint(-1))
 
+    def last_good() -> str:
+        path = run.checkpoint_path("last")
+        return str(path) if path.is_file() else "none yet, the run stopped in its first epoch"
+
     writer = SummaryWriter(str(run.tb_dir))
     started = time.time()
     epochs = tqdm(range(start_epoch, t.epochs), desc="epochs", disable=not progress,
@@ -168,8 +163,7 @@ def fit(model: nn.Module, cfg: ExperimentConfig, run_dir: str | Path, resume: bo
         model.train()
         pipe.train_loader.set_epoch(epoch)
         g = pipe.generator(epoch)
-        steps = len(pipe.train_loader) if not t.max_steps_per_epoch else min(
-            t.max_steps_per_epoch, len(pipe.train_loader))
+        steps = steps_per_epoch(len(pipe.train_loader), t)
         loss_sum, correct, seen = 0.0, 0, 0
         batches = tqdm(pipe.train_loader, total=steps, desc=f"epoch {epoch}", leave=False,
                        disable=not progress)
@@ -178,17 +172,11 @@ def fit(model: nn.Module, cfg: ExperimentConfig, run_dir: str | Path, resume: bo
                 break
             feats, labels = pipe.train_batch(waves, labels, g)
             feats = feats.contiguous(memory_format=memory_format)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                logits = model(feats)
-                loss = F.cross_entropy(logits.float(), labels, label_smoothing=t.label_smoothing)
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"epoch {epoch} step {step}: loss is {loss.item()}; stopped, the last good "
-                    f"checkpoint {run.checkpoint_path('last')} is intact")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            try:
+                loss, logits = train_step(model, feats, labels, optimizer, t,
+                                          f"epoch {epoch} step {step}", scaler)
+            except NonFiniteLossError as err:
+                raise NonFiniteLossError(f"{err}; last good checkpoint: {last_good()}") from None
             scheduler.step()
             loss_sum += loss.item() * len(labels)
             correct += (logits.argmax(1) == labels).sum().item()

@@ -38,7 +38,7 @@ def test_experiment_files_load():
 
     import yaml
 
-    from nas_kws.nas.search import load_search_config
+    from nas_kws.nas.search_config import load_search_config
 
     paths = sorted(Path(__file__).parent.parent.glob("experiments/*.yaml"))
     searches = [p for p in paths if "search" in (yaml.safe_load(p.read_text()) or {})]

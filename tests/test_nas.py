@@ -17,8 +17,9 @@ from nas_kws.nas.arch_loss import BudgetMultiplier, arch_loss
 from nas_kws.nas.cost import MacsTable, macs_table
 from nas_kws.nas.derive import budget_picks
 from nas_kws.nas.mixed_op import MixedOp
-from nas_kws.nas.search import (add_search_flags, config_from_args, load_search_config, main,
-                                search)
+from nas_kws.nas.commands import add_search_flags, config_from_args, main
+from nas_kws.nas.search import search
+from nas_kws.nas.search_config import load_search_config
 from nas_kws.nas.space import load_space, parse_space
 from nas_kws.nas.supernet import Supernet
 from nas_kws.profiling import profile_model
@@ -357,7 +358,7 @@ def test_flags_presets_and_config_layers(tmp_path):
 
 
 def test_search_subcommand_has_the_same_flags():
-    from nas_kws.nas.search import add_commands, run_command
+    from nas_kws.nas.commands import add_commands, run_command
 
     parser = argparse.ArgumentParser()
     add_commands(parser.add_subparsers(dest="command"))

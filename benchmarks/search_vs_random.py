@@ -1,0 +1,369 @@
+"""Does the search earn its keep? Searched nets against nets drawn at random inside the same MAC
+band and against the BC-ResNet family, all retrained with one recipe on the same data.
+
+Per setting (space, budget): the search over 3 seeds (each searched net retrained with its
+search's seed), K random nets from `--strategy random` (one seed each), and BC-ResNet-1/1.5/2/3
+over 3 seeds, with `experiments/demo.yaml`. Every finished training appends a row to
+`benchmarks/results/search_vs_random.csv` (locked, atomic), so an interrupted run resumes where
+it stopped (unfinished trainings resume from their checkpoints) and the rows can be committed
+between sessions. The table (mean +- std, the searched nets' percentile among the random ones,
+the BC-ResNet curve interpolated in log MACs) and the plot are rewritten after every row.
+
+    python benchmarks/search_vs_random.py                      # everything, hours on 2 cores
+    python benchmarks/search_vs_random.py --kinds random --settings hybrid-6M
+    python benchmarks/search_vs_random.py --report             # table and plot from the CSV
+    python benchmarks/search_vs_random.py --quick --out /tmp/q # minutes, tiny set (tests)
+
+Searched rows carry a tag (`--tag`, default `default`) and the search overrides that made them
+(`--search_set KEY=VALUE ...`), so ablations of the search share the random and BC-ResNet rows.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import fcntl
+import io
+import math
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+RECIPE = ROOT / "experiments" / "demo.yaml"
+COLUMNS = ["setting", "kind", "tag", "net", "seed", "macs", "params", "valid_acc", "test_acc",
+           "train_seconds", "search_seconds"]
+BCRESNETS = ("bcresnet1", "bcresnet1.5", "bcresnet2", "bcresnet3")
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    space: str
+    budget: float
+    width_mult: float = 1.0
+    n_mfcc: int | None = None
+
+    def search_flags(self) -> list[str]:
+        flags = ["--search_space", self.space, "--flops_ref_value", str(self.budget),
+                 "--width_mult", str(self.width_mult)]
+        return flags + (["--n_mfcc", str(self.n_mfcc)] if self.n_mfcc else [])
+
+
+SETTINGS = (Setting("hybrid-3M", "hybrid", 3e6, width_mult=0.5),
+            Setting("hybrid-6M", "hybrid", 6e6),
+            Setting("hybrid-12M", "hybrid", 12e6),
+            Setting("proxyless-20M", "proxyless_kws", 20e6, n_mfcc=10))
+
+
+# --- result rows ----------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def locked(csv_path: Path) -> Iterator[None]:
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(csv_path.with_suffix(".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def read_rows(csv_path: Path) -> list[dict[str, Any]]:
+    if not csv_path.is_file():
+        return []
+    return list(csv.DictReader(io.StringIO(csv_path.read_text())))
+
+
+def append_row(csv_path: Path, row: dict[str, Any]) -> None:
+    from nas_kws.fileio import write_text
+
+    with locked(csv_path):
+        rows = read_rows(csv_path) + [row]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text(csv_path, buf.getvalue())
+
+
+def row_key(row: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(str(row[k]) for k in ("setting", "kind", "tag", "net", "seed"))
+
+
+# --- jobs -----------------------------------------------------------------------------------------
+
+def nas_kws(argv: list[str]) -> None:
+    from nas_kws.cli import main
+
+    print(f"$ nas-kws {' '.join(argv)}", flush=True)
+    if main(argv) != 0:
+        raise SystemExit(f"search_vs_random: `nas-kws {' '.join(argv)}` failed (see above)")
+
+
+def train(model_flags: list[str], run: Path, seed: int, extra: list[str]) -> dict[str, Any]:
+    """Train (or resume, or read back) one run with the protocol's recipe."""
+    from nas_kws.runs import RunDir
+
+    if not RunDir(run).metrics_path.is_file():
+        if RunDir(run).has_checkpoint("last"):
+            nas_kws(["train", "--resume", str(run), "--quiet"])
+        else:
+            nas_kws(["train", *model_flags, "--config", str(RECIPE), "--seed", str(seed),
+                     "--run_dir", str(run), "--quiet", *extra])
+    return RunDir(run).read_metrics()
+
+
+def result_row(setting: str, kind: str, tag: str, net: str, seed: int, metrics: dict[str, Any],
+               search_seconds: float | str = "") -> dict[str, Any]:
+    return {"setting": setting, "kind": kind, "tag": tag, "net": net, "seed": seed,
+            "macs": metrics["macs"], "params": metrics["params"],
+            "valid_acc": round(metrics["best_valid_acc"], 5),
+            "test_acc": round(metrics["test_best_acc"], 5),
+            "train_seconds": round(metrics.get("train_seconds", 0.0), 1),
+            "search_seconds": search_seconds}
+
+
+class Protocol:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.out = Path(args.out)
+        self.csv = Path(args.csv)
+        self.data = ["--set", f"data.synth_size={args.synth_size}"]
+        self.train_extra = self.data + (["--epochs", str(args.epochs)] if args.epochs else [])
+        self.search_extra = list(self.data)
+        if args.batch_size:
+            self.train_extra += ["--batch_size", str(args.batch_size)]
+            self.search_extra += ["--train_batch_size", str(args.batch_size)]
+        self.done = {row_key(r) for r in read_rows(self.csv)}
+
+    def record(self, row: dict[str, Any]) -> None:
+        append_row(self.csv, row)
+        self.done.add(row_key(row))
+        write_report(self.csv, self.args)
+
+    def pending(self, setting: str, kind: str, tag: str, net: str, seed: int) -> bool:
+        return row_key({"setting": setting, "kind": kind, "tag": tag, "net": net,
+                        "seed": seed}) not in self.done
+
+    def bcresnets(self) -> None:
+        for seed in self.args.seed_list:
+            for name in self.args.bcresnet_list:
+                if self.pending("bcresnet", "bcresnet", "-", name, seed):
+                    run = self.out / "bcresnet" / name / f"seed{seed}"
+                    metrics = train(["--model", name], run, seed, self.train_extra)
+                    self.record(result_row("bcresnet", "bcresnet", "-", name, seed, metrics))
+
+    def random_nets(self, s: Setting) -> None:
+        from nas_kws.nas.random_search import net_dir
+        from nas_kws.runs import RunDir
+
+        path = self.out / s.name / "random"
+        if not RunDir(path).metrics_path.is_file():
+            nas_kws(["search", "--strategy", "random", "--n", str(self.args.n_random),
+                     "--path", str(path), "--manual_seed", "0", "--quiet", *s.search_flags(),
+                     *self.search_extra])
+        seed = self.args.seed_list[0]
+        for i in range(self.args.n_random):
+            net = net_dir(path, i)
+            if self.pending(s.name, "random", "-", net.name, seed):
+                metrics = train(["--genotype", str(net / "genotype.yaml")], net / "retrain",
+                                seed, self.train_extra)
+                self.record(result_row(s.name, "random", "-", net.name, seed, metrics))
+
+    def searched(self, s: Setting) -> None:
+        from nas_kws.runs import RunDir
+
+        tag = self.args.tag
+        for seed in self.args.seed_list:
+            if not self.pending(s.name, "searched", tag, f"search{seed}", seed):
+                continue
+            path = self.out / s.name / f"searched-{tag}" / f"seed{seed}"
+            run = RunDir(path)
+            if not run.metrics_path.is_file():
+                if run.has_checkpoint("last"):
+                    nas_kws(["search", "--path", str(path), "--resume", "--quiet"])
+                else:
+                    extra = ["--set", *self.args.search_set] if self.args.search_set else []
+                    nas_kws(["search", "--path", str(path), "--manual_seed", str(seed), "--quiet",
+                             *s.search_flags(), *self.search_extra, *self.search_epochs(),
+                             *extra])
+            search_seconds = round(run.read_metrics()["search_seconds"], 1)
+            metrics = train(["--genotype", str(path / "genotype.yaml")], path / "retrain", seed,
+                            self.train_extra)
+            self.record(result_row(s.name, "searched", tag, f"search{seed}", seed, metrics,
+                                   search_seconds))
+
+    def search_epochs(self) -> list[str]:
+        if not self.args.search_epochs:
+            return []
+        warmup, search = self.args.search_epochs.split(",")
+        return ["--warmup_epochs", warmup, "--n_epochs", search]
+
+    def run(self) -> None:
+        kinds = self.args.kinds.split(",")
+        settings = [s for s in SETTINGS if s.name in self.args.settings.split(",")]
+        if "bcresnet" in kinds:
+            self.bcresnets()
+        for s in settings:
+            if "random" in kinds:
+                self.random_nets(s)
+            if "searched" in kinds:
+                self.searched(s)
+
+
+# --- report ---------------------------------------------------------------------------------------
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def bcresnet_curve(rows: list[dict[str, Any]]) -> list[tuple[float, float, str]]:
+    """(MACs, mean test accuracy, name) of each BC-ResNet, sorted by MACs."""
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["kind"] == "bcresnet":
+            by_name.setdefault(r["net"], []).append(r)
+    return sorted((float(v[0]["macs"]), mean_std([float(x["test_acc"]) for x in v])[0], name)
+                  for name, v in by_name.items())
+
+
+def interpolate(curve: list[tuple[float, float, str]], macs: float) -> float | None:
+    """The curve linearly in log MACs at `macs`; None outside its span."""
+    for (m0, a0, _), (m1, a1, _) in zip(curve, curve[1:]):
+        if m0 <= macs <= m1:
+            w = (math.log(macs) - math.log(m0)) / (math.log(m1) - math.log(m0))
+            return a0 + w * (a1 - a0)
+    return None
+
+
+def summary_lines(rows: list[dict[str, Any]]) -> list[str]:
+    curve = bcresnet_curve(rows)
+    lines = ["| setting | nets | n | MACs (mean) | test acc % mean +- std | valid acc % | "
+             "vs random mean | percentile among random | BC-ResNet curve at its MACs |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for macs, acc, name in curve:
+        group = [r for r in rows if r["kind"] == "bcresnet" and r["net"] == name]
+        m, s = mean_std([100 * float(r["test_acc"]) for r in group])
+        v = statistics.mean(100 * float(r["valid_acc"]) for r in group)
+        lines.append(f"| BC-ResNet | {name} | {len(group)} | {macs:,.0f} | {m:.2f} +- {s:.2f} | "
+                     f"{v:.2f} | | | |")
+    for setting in dict.fromkeys(r["setting"] for r in rows if r["kind"] != "bcresnet"):
+        random = [100 * float(r["test_acc"]) for r in rows
+                  if r["setting"] == setting and r["kind"] == "random"]
+        groups = {("random", "-"): [r for r in rows if r["setting"] == setting
+                                    and r["kind"] == "random"]}
+        for r in rows:
+            if r["setting"] == setting and r["kind"] == "searched":
+                groups.setdefault(("searched", r["tag"]), []).append(r)
+        for (kind, tag), group in groups.items():
+            if not group:
+                continue
+            accs = [100 * float(r["test_acc"]) for r in group]
+            m, s = mean_std(accs)
+            v = statistics.mean(100 * float(r["valid_acc"]) for r in group)
+            macs = statistics.mean(float(r["macs"]) for r in group)
+            ref = interpolate(curve, macs)
+            vs_random = percentile = ""
+            if kind == "searched" and random:
+                vs_random = f"{m - statistics.mean(random):+.2f}"
+                percentile = f"{100 * sum(a < m for a in random) / len(random):.0f}"
+            curve_at = f"{ref:.2f} ({m - ref:+.2f})" if ref is not None else "outside"
+            label = "random" if kind == "random" else f"searched ({tag})"
+            lines.append(f"| {setting} | {label} | {len(group)} | {macs:,.0f} | {m:.2f} +- "
+                         f"{s:.2f} | {v:.2f} | {vs_random} | {percentile} | {curve_at} |")
+    return lines
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from nas_kws.fileio import atomic_write
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    curve = bcresnet_curve(rows)
+    if curve:
+        ax.plot([c[0] for c in curve], [100 * c[1] for c in curve], "k-o", label="BC-ResNet")
+        for macs, acc, name in curve:
+            ax.annotate(name, (macs, 100 * acc), fontsize=7, xytext=(3, -9),
+                        textcoords="offset points")
+    random = [r for r in rows if r["kind"] == "random"]
+    ax.scatter([float(r["macs"]) for r in random], [100 * float(r["test_acc"]) for r in random],
+               s=14, c="tab:gray", alpha=0.7, label="random (1 seed each)")
+    keys = dict.fromkeys((r["setting"], r["tag"]) for r in rows if r["kind"] == "searched")
+    for setting, tag in keys:
+        group = [r for r in rows if r["kind"] == "searched" and r["setting"] == setting
+                 and r["tag"] == tag]
+        m, s = mean_std([100 * float(r["test_acc"]) for r in group])
+        ax.errorbar(statistics.mean(float(r["macs"]) for r in group), m, yerr=s, fmt="*",
+                    ms=11, capsize=3, label=f"searched {setting} ({tag})")
+    ax.set_xscale("log")
+    ax.set_xlabel("MACs per 1 s clip")
+    ax.set_ylabel("test accuracy % (best-valid checkpoint)")
+    ax.set_title("search vs random vs BC-ResNet (mean +- std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+
+
+def write_report(csv_path: Path, args: argparse.Namespace) -> None:
+    from nas_kws.fileio import write_text
+
+    rows = read_rows(csv_path)
+    if not rows:
+        return
+    text = "\n".join(summary_lines(rows)) + "\n"
+    write_text(csv_path.with_suffix(".md"), text)
+    plot(rows, csv_path.with_suffix(".png"))
+    if args.report:
+        print(text)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--out", default="runs/search_vs_random", help="run directories")
+    p.add_argument("--csv", default=str(RESULTS / "search_vs_random.csv"))
+    p.add_argument("--settings", default=",".join(s.name for s in SETTINGS))
+    p.add_argument("--kinds", default="bcresnet,random,searched")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--bcresnets", default=",".join(BCRESNETS))
+    p.add_argument("--n_random", type=int, default=5)
+    p.add_argument("--tag", default="default", help="label of the searched rows")
+    p.add_argument("--search_set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="search overrides for the searched rows (give them their own --tag)")
+    p.add_argument("--search_epochs", help="warm-up,search epochs (default: the search's)")
+    p.add_argument("--synth_size", default="default")
+    p.add_argument("--epochs", type=int, help="training epochs (default: the recipe's 30)")
+    p.add_argument("--batch_size", type=int, help="training and search batch (default: theirs)")
+    p.add_argument("--report", action="store_true", help="only print the table and write the plot")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny set, 1 seed, 2 random nets, 1-epoch trainings (for tests)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.synth_size, args.seeds, args.n_random, args.epochs = "tiny", "0", 2, 1
+        args.batch_size = 16
+        args.settings, args.bcresnets, args.search_epochs = "hybrid-6M", "bcresnet1", "1,1"
+    args.seed_list = [int(s) for s in args.seeds.split(",")]
+    args.bcresnet_list = args.bcresnets.split(",")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    from nas_kws.device import set_threads
+
+    args = parse_args(argv)
+    set_threads()
+    if args.report:
+        write_report(Path(args.csv), args)
+        return 0
+    Protocol(args).run()
+    write_report(Path(args.csv), args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""`nas-kws search` and `arch_search.py`: Peter et al.'s flags onto the search config.
+
+    python arch_search.py --flops_ref_value 20e6 --n_mfcc 10          # or: nas-kws search ...
+    python arch_search.py --preset paper --grad_reg_loss_beta 4       # Peter et al.'s mul#log
+    nas-kws search --strategy random --n 5 --search_space hybrid --flops_ref_value 6e6 --path R
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from nas_kws.config import parse_set_flags
+from nas_kws.device import set_threads
+from nas_kws.nas.arch_loss import REG_LOSS_TYPES
+from nas_kws.nas.mixed_op import BINARY_MODES
+from nas_kws.nas.search_config import (PRESETS, STRATEGIES, TARGETS, SearchConfig,
+                                       load_search_config)
+from nas_kws.runs import RunDir
+
+FLAG_KEYS = {  # flag -> config key (Peter et al.'s flag names where they exist)
+    "strategy": "search.strategy", "n": "search.n_random",
+    "search_space": "search.search_space", "width_mult": "search.width_mult",
+    "n_epochs": "search.n_epochs", "warmup_epochs": "search.warmup_epochs",
+    "arch_lr": "search.arch_lr",
+    "grad_update_arch_param_every": "search.grad_update_arch_param_every",
+    "grad_binary_mode": "search.grad_binary_mode", "target_hardware": "search.target_hardware",
+    "flops_ref_value": "search.flops_ref_value", "grad_reg_loss_type": "search.grad_reg_loss_type",
+    "grad_reg_loss_alpha": "search.grad_reg_loss_alpha",
+    "grad_reg_loss_beta": "search.grad_reg_loss_beta",
+    "grad_reg_loss_lambda": "search.grad_reg_loss_lambda",
+    "budget_tolerance": "search.budget_tolerance", "init_lr": "train.lr",
+    "train_batch_size": "train.batch_size", "manual_seed": "train.seed", "device": "train.device",
+    "dataset": "data.dataset", "data_root": "data.root", "n_mfcc": "features.n_mfcc",
+}
+
+
+def add_search_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--path", help="run directory (default runs/search-<space>-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue the search in --path")
+    p.add_argument("--config", help="search config YAML (sections data, augment, train, search)")
+    p.add_argument("--preset", choices=sorted(PRESETS),
+                   help="paper: Peter et al.'s schedule and loss (40 warm-up + 120 search "
+                        "epochs, full_v2, arch lr 4e-3, mul#log)")
+    p.add_argument("--strategy", choices=STRATEGIES,
+                   help="proxyless (default: the gradient search) or random (the baseline: "
+                        "--n nets drawn uniformly from the space's nets inside the MAC band)")
+    p.add_argument("--n", type=int, help="strategy random: how many nets (default 5)")
+    p.add_argument("--search_space", help="proxyless_kws (default), bcresnet, hybrid or a .yaml")
+    p.add_argument("--width_mult", type=float)
+    p.add_argument("--n_mfcc", type=int, help="MFCC count for MFCC spaces (default: the space's)")
+    p.add_argument("--dataset", help="synth (default, embedded synthetic set), gsc or folders")
+    p.add_argument("--data_root")
+    p.add_argument("--target_hardware", choices=TARGETS)
+    p.add_argument("--flops_ref_value", type=float, help="MAC reference/budget, e.g. 20e6")
+    p.add_argument("--grad_reg_loss_type", choices=REG_LOSS_TYPES,
+                   help="budget (default: land within +-budget_tolerance of flops_ref_value), "
+                        "mul#log or add#linear (Peter et al.)")
+    p.add_argument("--grad_reg_loss_alpha", type=float)
+    p.add_argument("--grad_reg_loss_beta", type=float)
+    p.add_argument("--grad_reg_loss_lambda", type=float)
+    p.add_argument("--budget_tolerance", type=float, help="budget mode: +- fraction (0.1)")
+    p.add_argument("--arch_lr", type=float)
+    p.add_argument("--warmup_epochs", type=int)
+    p.add_argument("--n_epochs", type=int)
+    p.add_argument("--grad_update_arch_param_every", type=int)
+    p.add_argument("--grad_binary_mode", choices=BINARY_MODES)
+    p.add_argument("--init_lr", type=float, help="weight lr of the search epochs")
+    p.add_argument("--train_batch_size", type=int)
+    p.add_argument("--manual_seed", type=int)
+    p.add_argument("--device", help="auto (CUDA when present), cpu, cuda")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="any other config key, e.g. --set train.max_steps_per_epoch=10")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def config_from_args(args: argparse.Namespace) -> SearchConfig:
+    overrides = {key: getattr(args, flag) for flag, key in FLAG_KEYS.items()
+                 if getattr(args, flag) is not None}
+    overrides.update(parse_set_flags(args.set))
+    return load_search_config(args.config, overrides, args.preset)
+
+
+def print_summary(metrics: dict[str, Any], run_dir: Path) -> None:
+    print(f"derived net ({metrics['search_space']}):")
+    for i, label in enumerate(metrics["blocks"]):
+        print(f"  block {i:2d}  {label}")
+    ref = metrics["flops_ref_value"]
+    print(f"MACs {metrics['derived_macs']:,} ({metrics['derived_macs'] / 1e6:.2f} M) against "
+          f"flops_ref_value {ref / 1e6:.2f} M ({metrics['macs_vs_ref']:.2f}x); params "
+          f"{metrics['derived_params']:,}")
+    print(f"derived path in the supernet: valid accuracy {metrics['supernet_valid_acc']:.4f}")
+    print(f"genotype: {metrics['genotype']}\nretrain:  python run_exp.py --path {run_dir} --train")
+
+
+def print_random(summary: dict[str, Any]) -> None:
+    low, high = summary["band"]
+    print(f"{summary['n']} nets drawn uniformly from the {summary['nets_in_band']:,.0f} nets of "
+          f"{summary['search_space']} with {low:,.0f}..{high:,.0f} MACs:")
+    for run, macs in zip(summary["runs"], summary["derived_macs"]):
+        print(f"  {run}  {macs:,} MACs   retrain: python run_exp.py --path {run} --train")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    if args.resume:
+        if not args.path:
+            raise ValueError("--resume needs --path RUN_DIR")
+        cfg = load_search_config(RunDir(args.path).config_path)
+        run_dir = Path(args.path)
+    else:
+        cfg = config_from_args(args)
+        run_dir = Path(args.path or f"runs/search-{Path(cfg.search.search_space).stem}-"
+                                    f"{time.strftime('%Y%m%d-%H%M%S')}")
+        if RunDir(run_dir).config_path.is_file():
+            raise ValueError(f"{run_dir} already holds a run; use --resume or another --path")
+    if cfg.search.strategy == "random":
+        from nas_kws.nas.random_search import random_search
+
+        print_random(random_search(cfg, run_dir, progress=not args.quiet))
+        return 0
+    from nas_kws.nas.search import search
+
+    metrics = search(cfg, run_dir, resume=args.resume, progress=not args.quiet)
+    print_summary(metrics, run_dir)
+    return 0
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("search", help="ProxylessNAS architecture search (arch_search.py)")
+    add_search_flags(p)
+    p.set_defaults(func=run_command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="arch_search.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_search_flags(parser)
+    args = parser.parse_args(argv)
+    set_threads()
+    try:
+        return run_command(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"arch_search.py: error: {err}", file=sys.stderr)
+        return 2
+

@@ -1,0 +1,90 @@
+"""Nets drawn uniformly from the nets of a space whose MACs lie in a band: the random baseline
+that a search must beat (Li & Talwalkar 2019).
+
+The argmax of random logits is not uniform (positions with many similar-cost choices dominate),
+so the sampler counts nets per MAC bucket with the same knapsack recursion as budget derivation
+and walks it backwards: pick a total bucket with probability proportional to its count, then at
+each position (last to first) a choice with probability proportional to the number of ways the
+remaining positions reach the remaining bucket. That draws uniformly among nets whose *bucketed*
+MACs fall in a window slightly wider than the band; nets whose exact MACs fall outside the band
+are rejected, which leaves the draw exactly uniform over the band.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from nas_kws.nas.cost import MacsTable
+
+SAMPLE_RESOLUTION = 1e-4     # MACs are bucketed in units of high * this
+
+
+class BandSampler:
+    """Uniform sampler over {picks : low <= MACs(picks) <= high} of a MacsTable."""
+
+    def __init__(self, table: MacsTable, low: float, high: float):
+        if table.smallest() > high or table.largest() < low:
+            raise ValueError(f"MAC band {low:,.0f}..{high:,.0f} is outside what the space can "
+                             f"build ({table.smallest():,} .. {table.largest():,} MACs)")
+        self.table, self.low, self.high = table, low, high
+        self.unit = max(1.0, high * SAMPLE_RESOLUTION)
+        self.shifts = [[int(round(m / self.unit)) for m in macs] for macs in table.choices]
+        slack = len(table.choices)                       # accumulated rounding, in buckets
+        self.lo = max(0, int(math.floor(low / self.unit)) - slack)
+        self.hi = int(math.ceil(high / self.unit)) + slack
+        size = self.hi + 1
+        # counts[i][b]: nets of positions < i whose fixed + bucketed MACs land in bucket b
+        first = np.zeros(size)
+        start = int(round(table.fixed / self.unit))
+        if start < size:
+            first[start] = 1.0
+        self.counts = [first]
+        for shifts in self.shifts:
+            prev, new = self.counts[-1], np.zeros(size)
+            for s in shifts:
+                if s < size:
+                    new[s:] += prev[:size - s]
+            self.counts.append(new)
+        window = self.counts[-1][self.lo:]
+        if not window.any():
+            raise ValueError(f"no net of this space has {low:,.0f}..{high:,.0f} MACs")
+
+    def candidates(self) -> float:
+        """Nets whose bucketed MACs fall in the (slightly widened) window."""
+        return float(self.counts[-1][self.lo:].sum())
+
+    def _draw_bucketed(self, rng: np.random.Generator) -> list[int]:
+        window = self.counts[-1][self.lo:]
+        bucket = self.lo + int(rng.choice(len(window), p=window / window.sum()))
+        picks = []
+        for i in range(len(self.shifts) - 1, -1, -1):
+            prev = self.counts[i]
+            weights = np.array([prev[bucket - s] if 0 <= bucket - s else 0.0
+                                for s in self.shifts[i]])
+            k = int(rng.choice(len(weights), p=weights / weights.sum()))
+            picks.append(k)
+            bucket -= self.shifts[i][k]
+        picks.reverse()
+        return picks
+
+    def draw(self, rng: np.random.Generator, max_tries: int = 10_000) -> list[int]:
+        """One net, uniformly among those with exact MACs inside [low, high]."""
+        for _ in range(max_tries):
+            picks = self._draw_bucketed(rng)
+            if self.low <= self.table.of(picks) <= self.high:
+                return picks
+        raise ValueError(f"no net with {self.low:,.0f}..{self.high:,.0f} MACs found in "
+                         f"{max_tries} draws")
+
+    def draw_distinct(self, n: int, rng: np.random.Generator) -> list[list[int]]:
+        """`n` different nets (uniform without replacement)."""
+        seen: list[list[int]] = []
+        for _ in range(100 * n):
+            picks = self.draw(rng)
+            if picks not in seen:
+                seen.append(picks)
+            if len(seen) == n:
+                return seen
+        raise ValueError(f"asked for {n} different nets with {self.low:,.0f}..{self.high:,.0f} "
+                         f"MACs; found only {len(seen)}")

@@ -1,0 +1,135 @@
+"""The search's configuration: the `search:` section (Peter et al.'s flag names where they have
+one), the weight optimizer's defaults and presets, and the search space it opens.
+
+Layers of a search config: SEARCH_DEFAULTS < `--preset` < the YAML file < CLI overrides; unknown
+keys are errors naming the key.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nas_kws.config import (AugmentConfig, DataConfig, TrainConfig, apply_overrides, from_dict,
+                            read_config_file)
+from nas_kws.nas.arch_loss import REG_LOSS_TYPES
+from nas_kws.nas.mixed_op import BINARY_MODES
+from nas_kws.nas.space import SearchSpace, load_space
+
+TARGETS = ("flops", "none")
+STRATEGIES = ("proxyless", "random")
+
+
+@dataclass
+class ArchSearchConfig:
+    """The `search:` section; keys are Peter et al.'s flag names where they have one."""
+    strategy: str = "proxyless"           # proxyless (gradient search) | random (baseline)
+    n_random: int = 5                     # strategy random: how many nets to draw
+    search_space: str = "proxyless_kws"   # bundled name or a .yaml file
+    width_mult: float = 1.0
+    warmup_epochs: int = 5                # weights only, uniform paths
+    n_epochs: int = 15                    # search epochs
+    warmup_lr: float = 0.2                # weight lr of the warm-up (cosine); search uses train.lr
+    arch_lr: float = 0.02
+    arch_adam_beta1: float = 0.0
+    arch_adam_beta2: float = 0.999
+    arch_adam_eps: float = 1e-8
+    grad_update_arch_param_every: int = 5
+    grad_binary_mode: str = "two"         # two | full_v2 (7x the cost per architecture step)
+    target_hardware: str = "flops"        # flops | none (cross-entropy only)
+    flops_ref_value: float = 20e6         # MACs
+    grad_reg_loss_type: str = "budget"    # budget | mul#log | add#linear
+    grad_reg_loss_alpha: float = 1.0
+    grad_reg_loss_beta: float = 4.0
+    grad_reg_loss_lambda: float = 0.1
+    budget_tolerance: float = 0.1         # budget mode: derived MACs within ref * (1 +- this)
+    budget_rate: float = 0.5              # budget mode: multiplier step per architecture step
+    arch_fraction: float = 0.1            # share of the training split held out for arch steps
+
+
+@dataclass
+class SearchConfig:
+    """A search run. `train` holds the weight optimizer (SGD; lr, momentum, Nesterov, weight
+    decay, label smoothing, batch size, seed, device, max_steps_per_epoch); its epochs and
+    warm-up are set from `search.warmup_epochs + search.n_epochs` (written to config.yaml)."""
+    features: dict = field(default_factory=dict)  # overrides of the space's features (n_mfcc)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    search: ArchSearchConfig = field(default_factory=ArchSearchConfig)
+
+
+# Peter et al.'s weight optimizer. The default schedule is short, sized for the default
+# synthetic set on 2 CPU cores (binary mode `two`, a larger architecture lr and warm-up lr to
+# make up for few steps), and `--flops_ref_value` is a budget the derived net lands in;
+# `--preset paper` is Peter et al.'s schedule and loss (mul#log; set its beta).
+SEARCH_DEFAULTS = {"train.lr": 0.2, "train.nesterov": True, "train.momentum": 0.9,
+                   "train.weight_decay": 4e-5, "train.label_smoothing": 0.1,
+                   "train.batch_size": 100}
+PRESETS = {"paper": {"search.warmup_epochs": 40, "search.n_epochs": 120, "search.warmup_lr": 0.05,
+                     "search.arch_lr": 4e-3, "search.grad_binary_mode": "full_v2",
+                     "search.grad_reg_loss_type": "mul#log",
+                     "train.lr": 0.2, "train.batch_size": 100, "train.max_steps_per_epoch": 0}}
+
+
+def _dotted(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"train": {"lr": 1}} -> {"train.lr": 1}; the `features` mapping stays one value."""
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and key != "features":
+            out.update(_dotted(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def load_search_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                       preset: str | None = None) -> SearchConfig:
+    """Defaults < preset < YAML file < overrides; unknown keys are errors naming the key."""
+    data, where = read_config_file(path)
+    merged: dict[str, Any] = {}
+    for layer in (SEARCH_DEFAULTS, PRESETS[preset] if preset else {}, _dotted(data),
+                  overrides or {}):
+        merged = apply_overrides(merged, layer)
+    cfg = from_dict(SearchConfig, merged, where)
+    _check(cfg)
+    s = cfg.search
+    cfg.train.epochs, cfg.train.warmup_epochs = s.warmup_epochs + s.n_epochs, 0
+    return cfg
+
+
+def _check(cfg: SearchConfig) -> None:
+    s = cfg.search
+    checks = [
+        (s.strategy in STRATEGIES, "strategy", f"one of {STRATEGIES}"),
+        (s.n_random >= 1, "n_random", ">= 1"),
+        (s.grad_binary_mode in BINARY_MODES, "grad_binary_mode", f"one of {BINARY_MODES}"),
+        (s.grad_reg_loss_type in REG_LOSS_TYPES, "grad_reg_loss_type", f"one of {REG_LOSS_TYPES}"),
+        (s.target_hardware in TARGETS, "target_hardware", f"one of {TARGETS}"),
+        (s.flops_ref_value > 1, "flops_ref_value", "a MAC count > 1, e.g. 20e6"),
+        (s.warmup_epochs >= 0, "warmup_epochs", ">= 0"),
+        (s.n_epochs >= 1, "n_epochs", ">= 1"),
+        (s.grad_update_arch_param_every >= 1, "grad_update_arch_param_every", ">= 1"),
+        (0 < s.arch_fraction < 1, "arch_fraction", "a fraction in (0, 1)"),
+        (0 < s.budget_tolerance < 1, "budget_tolerance", "a fraction in (0, 1)"),
+        (s.width_mult > 0, "width_mult", "> 0"),
+    ]
+    for ok, key, expected in checks:
+        if not ok:
+            raise ValueError(f"search.{key}: expected {expected}, got {getattr(s, key)!r}")
+    if s.grad_reg_loss_type == "budget" and s.target_hardware != "flops":
+        raise ValueError("search.grad_reg_loss_type budget needs target_hardware flops")
+
+
+def open_space(cfg: SearchConfig) -> SearchSpace:
+    space = load_space(cfg.search.search_space, cfg.search.width_mult, cfg.features)
+    if space.features.kind != "mfcc" and "n_mfcc" in cfg.features:
+        raise ValueError(f"n_mfcc {cfg.features['n_mfcc']}: search space {space.name} uses "
+                         f"{space.features.kind} features; n_mfcc applies to MFCC spaces only")
+    return space
+
+
+def budget_band(s: ArchSearchConfig) -> tuple[float, float]:
+    """The MACs a budget-mode derived net (or a random net) must land in."""
+    ref = s.flops_ref_value
+    return ref * (1 - s.budget_tolerance), ref * (1 + s.budget_tolerance)
