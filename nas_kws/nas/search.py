@@ -27,12 +27,15 @@ from nas_kws.data.loader import BatchLoader, open_dataset
 from nas_kws.data.pipeline import Pipeline
 from nas_kws.device import pick_device, rng_state, seed_everything, set_rng_state
 from nas_kws.evaluation import evaluate
+from nas_kws.fileio import write_csv
 from nas_kws.models.genotype import build_from_genotype, describe_block, save_genotype
 from nas_kws.nas.arch_loss import BudgetMultiplier, arch_loss
 from nas_kws.nas.cost import MacsTable, macs_table
 from nas_kws.nas.derive import derive_picks
+from nas_kws.nas.evolution import Scored, evolve
 from nas_kws.nas.history import (SUMMARY_COLUMNS, history_columns, log_tensorboard,
                                  position_names, write_history_csv)
+from nas_kws.nas.sample import BandSampler
 from nas_kws.nas.search_config import SearchConfig, budget_band, open_space
 from nas_kws.nas.supernet import Supernet
 from nas_kws.runs import RunDir
@@ -90,6 +93,9 @@ class _Search:
                     f"flops_ref_value {ref:,.0f}: the budget band {self.band[0]:,.0f}.."
                     f"{self.band[1]:,.0f} MACs is out of reach of {self.space.name} "
                     f"({self.table.smallest():,} .. {self.table.largest():,} MACs)")
+        # paths of the weight steps: uniform over the band's nets (SPOS's constrained sampling)
+        # where the search has a budget and asks for it, else uniform per position / by p
+        self.sampler = BandSampler(self.table, *self.band) if self.band else None
         experiment = ExperimentConfig(data=cfg.data, augment=cfg.augment, train=cfg.train)
         self.pipe = Pipeline(self.store, experiment, self.space.features, self.device)
         train = self.store.split("train")
@@ -140,10 +146,19 @@ class _Search:
         probs = [p.detach() for p in self.supernet.probs()]
         return derive_picks(probs, self.table, self.band)
 
-    def weight_step(self, feats: torch.Tensor, labels: torch.Tensor, generator: torch.Generator,
-                    uniform: bool, where: str) -> tuple[float, int]:
-        """The trainer's step on one sampled path."""
-        self.supernet.sample_paths(generator, uniform)
+    def sample_path(self, warm: bool, generator: torch.Generator,
+                    band_rng: np.random.Generator) -> None:
+        """A weight step's path: from the band sampler while the architecture is not being
+        learned (warm-up, or the whole training for evolution), else drawn from p."""
+        learning_p = not warm and self.s.strategy == "proxyless"
+        if self.s.path_sampling == "band" and self.sampler is not None and not learning_p:
+            self.supernet.choose(self.sampler.draw(band_rng))
+        else:
+            self.supernet.sample_paths(generator, uniform=warm)
+
+    def weight_step(self, feats: torch.Tensor, labels: torch.Tensor,
+                    where: str) -> tuple[float, int]:
+        """The trainer's step on the current path."""
         loss, logits = train_step(self.supernet, feats, labels, self.weight_opt, self.t, where)
         return loss.item(), int((logits.argmax(1) == labels).sum())
 
@@ -188,6 +203,9 @@ class _Search:
         self.weight_loader.set_epoch(epoch)
         augment_gen = self.pipe.generator(epoch)
         path_gen = torch.Generator().manual_seed(self.t.seed * 104_729 + epoch)
+        band_rng = np.random.default_rng([self.t.seed, epoch, 0xBA4D])
+        arch_steps = not warm and self.s.strategy == "proxyless"
+        warmup_steps = self.s.lr_warmup_epochs * self.steps if warm else 0
         arch_batches = endless(self.arch_loader, epoch)
         started = time.time()
         loss_sum, correct, seen = 0.0, 0, 0
@@ -197,40 +215,61 @@ class _Search:
         for step, (waves, labels) in enumerate(batches):
             if step == self.steps:
                 break
-            lr = peak * lr_factor((epoch - phase_start) * self.steps + step, 0,
+            lr = peak * lr_factor((epoch - phase_start) * self.steps + step, warmup_steps,
                                   phase_epochs * self.steps)
             for group in self.weight_opt.param_groups:
                 group["lr"] = lr
             feats, labels = self.pipe.train_batch(waves, labels, augment_gen)
             feats = feats.contiguous(memory_format=self.memory_format)
-            loss, hits = self.weight_step(feats, labels, path_gen, warm,
-                                          f"epoch {epoch} step {step}")
+            self.sample_path(warm, path_gen, band_rng)
+            loss, hits = self.weight_step(feats, labels, f"epoch {epoch} step {step}")
             loss_sum += loss * len(labels)
             correct += hits
             seen += len(labels)
-            if not warm and (step + 1) % self.s.grad_update_arch_param_every == 0:
+            if arch_steps and (step + 1) % self.s.grad_update_arch_param_every == 0:
                 arch_losses.append(self.arch_step(*next(arch_batches), path_gen)[0])
             batches.set_postfix(loss=f"{loss:.3f}")
         return self.end_epoch(epoch, warm, loss_sum / seen, correct / seen,
                               float(np.mean(arch_losses)) if arch_losses else float("nan"),
                               lr, time.time() - started)
 
+    def path_accuracy(self, picks: list[int], loader: BatchLoader, epoch: int = 0) -> float:
+        """The supernet's accuracy on one path, batch norm re-estimated for it first."""
+        self.supernet.choose(picks)
+        self.supernet.recalibrate_bn(self.held_out_features(epoch))
+        result = evaluate(self.supernet, self.pipe.frontend, loader, self.device,
+                          len(self.classes))
+        self.supernet.train()
+        return result.accuracy
+
+    def evolve(self) -> list[int]:
+        """strategy evolution: the best net of the band by supernet validation accuracy;
+        every scored net goes to evolution.csv."""
+        rows: list[dict[str, Any]] = []
+
+        def scored(s: Scored) -> None:
+            rows.append({"generation": s.generation, "macs": s.macs, "fitness": s.fitness,
+                         "picks": " ".join(map(str, s.picks))})
+            write_csv(self.run.path / "evolution.csv", list(rows[0]), rows)
+
+        ranked = evolve(lambda picks: self.path_accuracy(picks, self.valid_loader), self.sampler,
+                        np.random.default_rng([self.t.seed, 0xE70]), self.s.evo_population,
+                        self.s.evo_generations, self.s.evo_parents, self.s.evo_mutation_rate,
+                        on_scored=scored)
+        return ranked[0].picks
+
     def end_epoch(self, epoch: int, warm: bool, train_loss: float, train_acc: float,
                   arch_loss_value: float, lr: float, seconds: float) -> dict[str, Any]:
         probs = [p.detach().cpu() for p in self.supernet.probs()]
         picks = self.picks()
-        self.supernet.choose(picks)
-        self.supernet.recalibrate_bn(self.held_out_features(epoch))
-        valid = evaluate(self.supernet, self.pipe.frontend, self.valid_loader, self.device,
-                         len(self.classes))
-        self.supernet.train()
+        valid_acc = self.path_accuracy(picks, self.valid_loader, epoch)
         entropies = self.supernet.entropies()
         expected = self.table.expected(probs)
         row: dict[str, Any] = {
             "epoch": epoch, "phase": "warmup" if warm else "search", "train_loss": train_loss,
             "train_acc": train_acc, "arch_loss": arch_loss_value, "expected_macs": float(expected),
             "derived_macs": self.table.of(picks), "entropy": float(np.mean(entropies)),
-            "valid_acc": valid.accuracy, "lr": lr,
+            "valid_acc": valid_acc, "lr": lr,
             "multiplier": self.budget.value if self.budget else "", "seconds": round(seconds, 2)}
         for name, position, p, h in zip(position_names(self.space), self.space.searchable, probs,
                                         entropies):
@@ -245,10 +284,12 @@ class _Search:
         self.run.save_checkpoint("last", self.state(epoch))
         return row
 
-    def finish(self, seconds: float) -> dict[str, Any]:
+    def finish(self) -> dict[str, Any]:
         from nas_kws.profiling import profile_model
 
-        picks = self.picks()
+        started = time.time()
+        picks = self.evolve() if self.s.strategy == "evolution" else self.picks()
+        seconds = sum(r["seconds"] for r in self.history) + time.time() - started
         genotype = self.space.genotype(picks, len(self.classes), self.classes)
         path = save_genotype(self.run.path / "genotype.yaml", genotype)
         derived = profile_model(build_from_genotype(genotype))
@@ -260,9 +301,19 @@ class _Search:
             "expected_macs": self.history[-1]["expected_macs"], "flops_ref_value": ref,
             "macs_vs_ref": derived.macs / ref,
             "within_budget": abs(derived.macs - ref) <= self.s.budget_tolerance * ref,
-            "supernet_valid_acc": self.history[-1]["valid_acc"], "search_seconds": seconds,
+            "supernet_valid_acc": self.path_accuracy(picks, self.valid_loader),
+            "strategy": self.s.strategy, "search_seconds": seconds,
             "space_macs_range": [self.table.smallest(), self.table.largest()],
             "history": [{k: r[k] for k in SUMMARY_COLUMNS} for r in self.history]}
+
+
+def open_search(run_dir: str | Path, progress: bool = False) -> _Search:
+    """A search run's state at its last checkpoint: the trained supernet, its data and costs."""
+    from nas_kws.nas.search_config import load_search_config
+
+    job = _Search(load_search_config(RunDir(run_dir).config_path), run_dir, None, progress)
+    job.restore()
+    return job
 
 
 def search(cfg: SearchConfig, run_dir: str | Path, resume: bool = False, store=None,
@@ -278,14 +329,13 @@ def search(cfg: SearchConfig, run_dir: str | Path, resume: bool = False, store=N
         job.run.write_setup(to_dict(cfg), job.space.features, job.classes)
     total = job.s.warmup_epochs + job.s.n_epochs
     job.writer = SummaryWriter(str(job.run.tb_dir))
-    started = time.time()
     try:
         for epoch in tqdm(range(job.start_epoch, total), desc="search", disable=not progress,
                           initial=job.start_epoch, total=total):
             job.run_epoch(epoch)
             if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch + 1 < total:
                 return {"stopped_after_epoch": epoch}
-        metrics = job.finish(time.time() - started)
+        metrics = job.finish()
     finally:
         job.writer.close()
     job.run.write_metrics(metrics)

@@ -17,19 +17,31 @@ from nas_kws.nas.mixed_op import BINARY_MODES
 from nas_kws.nas.space import SearchSpace, load_space
 
 TARGETS = ("flops", "none")
-STRATEGIES = ("proxyless", "random")
+STRATEGIES = ("proxyless", "evolution", "random")
+PATH_SAMPLING = ("band", "position")
 
 
 @dataclass
 class ArchSearchConfig:
     """The `search:` section; keys are Peter et al.'s flag names where they have one."""
-    strategy: str = "proxyless"           # proxyless (gradient search) | random (baseline)
+    # proxyless: gradient steps on the architecture (Peter et al.); evolution: train the
+    # supernet on the band's nets, then evolve nets scored by supernet validation accuracy;
+    # random: the baseline, nets drawn uniformly from the band
+    strategy: str = "proxyless"
     n_random: int = 5                     # strategy random: how many nets to draw
     search_space: str = "proxyless_kws"   # bundled name or a .yaml file
     width_mult: float = 1.0
     warmup_epochs: int = 5                # weights only, uniform paths
     n_epochs: int = 15                    # search epochs
     warmup_lr: float = 0.2                # weight lr of the warm-up (cosine); search uses train.lr
+    lr_warmup_epochs: int = 0             # linear lr warm-up at the start of the warm-up phase
+    path_sampling: str = "position"       # weight-step paths before p is learned: position
+    #                                       (uniform per position) | band (uniform over the
+    #                                       budget band's nets; budget loss only)
+    evo_population: int = 16              # strategy evolution: nets per generation
+    evo_generations: int = 6
+    evo_parents: int = 6                  # best nets kept as parents
+    evo_mutation_rate: float = 0.15       # per position
     arch_lr: float = 0.02
     arch_adam_beta1: float = 0.0
     arch_adam_beta2: float = 0.999
@@ -103,6 +115,12 @@ def _check(cfg: SearchConfig) -> None:
     checks = [
         (s.strategy in STRATEGIES, "strategy", f"one of {STRATEGIES}"),
         (s.n_random >= 1, "n_random", ">= 1"),
+        (s.path_sampling in PATH_SAMPLING, "path_sampling", f"one of {PATH_SAMPLING}"),
+        (s.lr_warmup_epochs >= 0, "lr_warmup_epochs", ">= 0"),
+        (s.evo_population > s.evo_parents >= 2, "evo_population",
+         f"more than evo_parents ({s.evo_parents}, itself >= 2)"),
+        (s.evo_generations >= 0, "evo_generations", ">= 0"),
+        (0 < s.evo_mutation_rate <= 1, "evo_mutation_rate", "a fraction in (0, 1]"),
         (s.grad_binary_mode in BINARY_MODES, "grad_binary_mode", f"one of {BINARY_MODES}"),
         (s.grad_reg_loss_type in REG_LOSS_TYPES, "grad_reg_loss_type", f"one of {REG_LOSS_TYPES}"),
         (s.target_hardware in TARGETS, "target_hardware", f"one of {TARGETS}"),
@@ -117,6 +135,9 @@ def _check(cfg: SearchConfig) -> None:
     for ok, key, expected in checks:
         if not ok:
             raise ValueError(f"search.{key}: expected {expected}, got {getattr(s, key)!r}")
+    if s.strategy != "proxyless" and s.grad_reg_loss_type != "budget":
+        raise ValueError(f"search.strategy {s.strategy} draws nets from the budget band: it "
+                         f"needs grad_reg_loss_type budget, got {s.grad_reg_loss_type}")
     if s.grad_reg_loss_type == "budget" and s.target_hardware != "flops":
         raise ValueError("search.grad_reg_loss_type budget needs target_hardware flops")
 
