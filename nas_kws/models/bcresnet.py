@@ -1,17 +1,20 @@
 """BC-ResNet (Kim et al., Interspeech 2021): broadcasted residual learning on log-mels.
 Each block mixes a 2-D frequency-wise branch with a 1-D temporal branch computed on the
-frequency-averaged map and broadcast back, so most work happens on a (C, 1, T) tensor."""
+frequency-averaged map and broadcast back, so most work happens on a (C, 1, T) tensor.
+Registered as `bcresnet{1,1.5,2,3,6,8}` (the width scale tau)."""
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
 
 from nas_kws.features import FeatureConfig
+from nas_kws.models.layers import conv_out
 from nas_kws.models.registry import register_model
 
 STAGE_BLOCKS = (2, 2, 4, 4)
 FREQ_STRIDED_STAGES = (1, 2)
-TAUS = (1, 1.5, 2, 3, 6, 8)
 
 
 class SubSpectralNorm(nn.Module):
@@ -76,6 +79,21 @@ class BCResBlock(nn.Module):
         return torch.relu(out)
 
 
+class BCResBottleneck(nn.Module):
+    """A BC-ResNet block computed at `width` x the residual channels: a transition BC-Res block
+    into the inner width, a 1x1 projection + BN back, and the identity shortcut. This is how the
+    search spaces vary a non-transition block's width without changing the residual stream."""
+
+    def __init__(self, channels: int, inner: int, **block_args: Any):
+        super().__init__()
+        self.block = BCResBlock(channels, inner, **block_args)
+        self.project = nn.Sequential(nn.Conv2d(inner, channels, 1, bias=False),
+                                     nn.BatchNorm2d(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.project(self.block(x))
+
+
 class BCResNet(nn.Module):
     """Stem 5x5 (frequency stride 2), four stages of BC-ResBlocks, depthwise head that collapses
     the remaining frequency bins, 1x1 classifier. Width base = 8 * tau."""
@@ -91,7 +109,7 @@ class BCResNet(nn.Module):
             nn.ReLU(inplace=True),
         )
         blocks = []
-        bins = (in_bins - 1) // 2 + 1
+        bins = conv_out(in_bins, 5, 2)
         for stage, n_blocks in enumerate(STAGE_BLOCKS):
             for i in range(n_blocks):
                 stride = 2 if stage in FREQ_STRIDED_STAGES and i == 0 else 1
@@ -99,7 +117,7 @@ class BCResNet(nn.Module):
                                          widths[stage + 1], freq_stride=stride,
                                          dilation=2 ** stage, ssn_groups=ssn_groups,
                                          dropout=dropout))
-                bins = (bins - 1) // stride + 1
+                bins = conv_out(bins, 3, stride)
         self.blocks = nn.Sequential(*blocks)
         self.head = nn.Sequential(
             nn.Conv2d(widths[4], widths[4], (bins, 5), padding=(0, 2), groups=widths[4],
@@ -115,17 +133,49 @@ class BCResNet(nn.Module):
         return self.head(self.blocks(self.stem(x))).flatten(1)
 
 
-def _register(tau: float) -> None:
-    name = f"bcresnet{tau:g}"
-
-    def build(num_classes: int = 12, features: FeatureConfig | None = None,
-              ssn_groups: int = 5, dropout: float = 0.1) -> BCResNet:
-        bins = (features or FeatureConfig.logmel()).shape[0]
-        return BCResNet(tau, num_classes, in_bins=bins, ssn_groups=ssn_groups, dropout=dropout)
-
-    build.__doc__ = f"BC-ResNet-{tau:g} on 40 log-mels (base width {int(8 * tau)})."
-    register_model(name)(build)
+def _bcresnet(tau: float, num_classes: int, features: FeatureConfig | None, ssn_groups: int,
+              dropout: float) -> BCResNet:
+    bins = (features or FeatureConfig.logmel()).shape[0]
+    return BCResNet(tau, num_classes, in_bins=bins, ssn_groups=ssn_groups, dropout=dropout)
 
 
-for _tau in TAUS:
-    _register(_tau)
+@register_model
+def bcresnet1(num_classes: int = 12, features: FeatureConfig | None = None, ssn_groups: int = 5,
+              dropout: float = 0.1) -> BCResNet:
+    """BC-ResNet-1 on 40 log-mels (base width 8, 9.2 k parameters)."""
+    return _bcresnet(1, num_classes, features, ssn_groups, dropout)
+
+
+@register_model("bcresnet1.5")
+def bcresnet1_5(num_classes: int = 12, features: FeatureConfig | None = None,
+                ssn_groups: int = 5, dropout: float = 0.1) -> BCResNet:
+    """BC-ResNet-1.5 on 40 log-mels (base width 12, 17.2 k parameters)."""
+    return _bcresnet(1.5, num_classes, features, ssn_groups, dropout)
+
+
+@register_model
+def bcresnet2(num_classes: int = 12, features: FeatureConfig | None = None, ssn_groups: int = 5,
+              dropout: float = 0.1) -> BCResNet:
+    """BC-ResNet-2 on 40 log-mels (base width 16, 27.3 k parameters)."""
+    return _bcresnet(2, num_classes, features, ssn_groups, dropout)
+
+
+@register_model
+def bcresnet3(num_classes: int = 12, features: FeatureConfig | None = None, ssn_groups: int = 5,
+              dropout: float = 0.1) -> BCResNet:
+    """BC-ResNet-3 on 40 log-mels (base width 24, 54.2 k parameters)."""
+    return _bcresnet(3, num_classes, features, ssn_groups, dropout)
+
+
+@register_model
+def bcresnet6(num_classes: int = 12, features: FeatureConfig | None = None, ssn_groups: int = 5,
+              dropout: float = 0.1) -> BCResNet:
+    """BC-ResNet-6 on 40 log-mels (base width 48, 188 k parameters)."""
+    return _bcresnet(6, num_classes, features, ssn_groups, dropout)
+
+
+@register_model
+def bcresnet8(num_classes: int = 12, features: FeatureConfig | None = None, ssn_groups: int = 5,
+              dropout: float = 0.1) -> BCResNet:
+    """BC-ResNet-8 on 40 log-mels (base width 64, 321 k parameters)."""
+    return _bcresnet(8, num_classes, features, ssn_groups, dropout)

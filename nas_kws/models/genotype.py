@@ -26,126 +26,20 @@ from torch import nn
 
 from nas_kws.features import FeatureConfig
 from nas_kws.fileio import write_text
-from nas_kws.models.bcresnet import BCResBlock
-from nas_kws.models.mbconv import MBConv, as_pair
+from nas_kws.models import checks
+from nas_kws.models.bcresnet import BCResBlock, BCResBottleneck
+from nas_kws.models.checks import REQUIRED, check_args
+from nas_kws.models.layers import as_pair, conv_out
+from nas_kws.models.mbconv import MBConv
 
 Shape = tuple[int, int, int]          # (channels, bins, frames)
-REQUIRED = object()
 TOP_KEYS = ("name", "features", "num_classes", "classes", "stem", "blocks", "head")
 STEM_ACTS: dict[str, Callable[[], nn.Module]] = {"relu": lambda: nn.ReLU(inplace=True),
                                                  "relu6": lambda: nn.ReLU6(inplace=True)}
-HEAD_TYPES = ("pool_linear", "bcresnet")
-
-
-# --- argument checks: each returns the normalised value or raises naming `where` -------------
-
-def _positive_int(value: Any, where: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{where}: expected an integer >= 1, got {value!r}")
-    return value
-
-
-def _odd_kernel(value: Any, where: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1 or value % 2 == 0:
-        raise ValueError(f"{where}: expected an odd kernel size (1, 3, 5, 7, ...), got {value!r}")
-    return value
-
-
-def _is_stride(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value in (1, 2)
-
-
-def _stride(value: Any, where: str) -> int | list[int]:
-    """1 or 2, or a [frequency, time] pair of them."""
-    if _is_stride(value):
-        return value
-    if isinstance(value, (list, tuple)) and len(value) == 2 and all(map(_is_stride, value)):
-        return list(value)
-    raise ValueError(f"{where}: expected a stride of 1 or 2, or a [frequency, time] pair of them, "
-                     f"got {value!r}")
-
-
-def _kernel_pair(value: Any, where: str) -> int | list[int]:
-    if isinstance(value, (list, tuple)) and len(value) == 2:
-        return [_odd_kernel(v, where) for v in value]
-    return _odd_kernel(value, where)
-
-
-def _freq_stride(value: Any, where: str) -> int:
-    if not _is_stride(value):
-        raise ValueError(f"{where}: expected a frequency stride of 1 or 2 (BC-ResNet blocks never "
-                         f"stride in time), got {value!r}")
-    return value
-
-
-def _ssn_groups(value: Any, where: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"{where}: expected SubSpectralNorm groups >= 2, or 0/1 for plain "
-                         f"BatchNorm, got {value!r}")
-    return value
-
-
-def _dropout(value: Any, where: str) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
-        raise ValueError(f"{where}: expected a dropout probability in [0, 1), got {value!r}")
-    return float(value)
-
-
-def _width(value: Any, where: str) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{where}: expected a width multiplier > 0, got {value!r}")
-    return float(value)
-
-
-def _act(value: Any, where: str) -> str:
-    if value not in STEM_ACTS:
-        raise ValueError(f"{where}: expected one of {sorted(STEM_ACTS)}, got {value!r}")
-    return value
-
-
-def _head_type(value: Any, where: str) -> str:
-    if value not in HEAD_TYPES:
-        raise ValueError(f"{where}: expected one of {list(HEAD_TYPES)}, got {value!r}")
-    return value
-
-
-def _check_args(table: dict[str, tuple[Callable, Any]], given: dict[str, Any],
-                where: str) -> dict[str, Any]:
-    unknown = sorted(set(given) - set(table))
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys: {list(table)}")
-    out = {}
-    for key, (check, default) in table.items():
-        if key in given:
-            out[key] = check(given[key], f"{where}.{key}")
-        elif default is REQUIRED:
-            raise ValueError(f"{where}: missing required key {key!r}")
-        else:
-            out[key] = default
-    return out
-
-
-def conv_out(size: int, kernel: int, stride: int) -> int:
-    """Output length of a conv with 'same' padding kernel // 2."""
-    return (size + 2 * (kernel // 2) - kernel) // stride + 1
+HEAD_TYPES = ["pool_linear", "bcresnet"]
 
 
 # --- blocks ------------------------------------------------------------------------------------
-
-class BCResBottleneck(nn.Module):
-    """A BC-ResNet block computed at `width` x the residual channels: a transition BC-Res block
-    into the inner width, a 1x1 projection + BN back, and the identity shortcut. This is how the
-    search spaces vary a non-transition block's width without changing the residual stream."""
-
-    def __init__(self, channels: int, inner: int, **block_args: Any):
-        super().__init__()
-        self.block = BCResBlock(channels, inner, **block_args)
-        self.project = nn.Sequential(nn.Conv2d(inner, channels, 1, bias=False),
-                                     nn.BatchNorm2d(channels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.project(self.block(x))
-
 
 def _mbconv_shape(args: dict, shape: Shape, where: str) -> Shape:
     _, bins, frames = shape
@@ -185,14 +79,16 @@ def _build_bcres(args: dict, in_channels: int) -> nn.Module:
 
 BLOCK_OPS: dict[str, dict[str, Any]] = {
     "mbconv": {
-        "args": {"out_channels": (_positive_int, REQUIRED), "kernel": (_odd_kernel, 3),
-                 "expand": (_positive_int, 1), "stride": (_stride, 1)},
+        "args": {"out_channels": (checks.positive_int, REQUIRED),
+                 "kernel": (checks.odd_kernel, 3), "expand": (checks.positive_int, 1),
+                 "stride": (checks.stride, 1)},
         "shape": _mbconv_shape, "build": _build_mbconv},
     "bcres": {
-        "args": {"out_channels": (_positive_int, REQUIRED), "freq_stride": (_freq_stride, 1),
-                 "dilation": (_positive_int, 1), "freq_kernel": (_odd_kernel, 3),
-                 "time_kernel": (_odd_kernel, 3), "ssn_groups": (_ssn_groups, 5),
-                 "dropout": (_dropout, 0.1), "width": (_width, 1.0)},
+        "args": {"out_channels": (checks.positive_int, REQUIRED),
+                 "freq_stride": (checks.freq_stride, 1),
+                 "dilation": (checks.positive_int, 1), "freq_kernel": (checks.odd_kernel, 3),
+                 "time_kernel": (checks.odd_kernel, 3), "ssn_groups": (checks.ssn_groups, 5),
+                 "dropout": (checks.dropout, 0.1), "width": (checks.width, 1.0)},
         "shape": _bcres_shape, "build": _build_bcres},
     "zero": {"args": {}, "shape": lambda args, shape, where: shape,
              "build": lambda args, in_channels: nn.Identity()},
@@ -207,8 +103,8 @@ def check_block(block: Any, in_shape: Shape, where: str) -> tuple[dict[str, Any]
     op = block["op"]
     if op not in BLOCK_OPS:
         raise ValueError(f"{where}.op: expected one of {list(BLOCK_OPS)}, got {op!r}")
-    args = _check_args(BLOCK_OPS[op]["args"], {k: v for k, v in block.items() if k != "op"},
-                       f"{where} ({op})")
+    args = check_args(BLOCK_OPS[op]["args"], {k: v for k, v in block.items() if k != "op"},
+                      f"{where} ({op})")
     return {"op": op, **args}, BLOCK_OPS[op]["shape"](args, in_shape, f"{where} ({op})")
 
 
@@ -233,15 +129,16 @@ def describe_block(block: dict[str, Any]) -> str:
 
 # --- stem and head -----------------------------------------------------------------------------
 
-STEM_ARGS = {"out_channels": (_positive_int, REQUIRED), "kernel": (_kernel_pair, 3),
-             "stride": (_stride, 1), "act": (_act, "relu")}
-HEAD_ARGS = {"type": (_head_type, REQUIRED), "channels": (_positive_int, REQUIRED)}
+STEM_ARGS = {"out_channels": (checks.positive_int, REQUIRED), "kernel": (checks.kernel_pair, 3),
+             "stride": (checks.stride, 1), "act": (checks.one_of(sorted(STEM_ACTS)), "relu")}
+HEAD_ARGS = {"type": (checks.one_of(HEAD_TYPES), REQUIRED),
+             "channels": (checks.positive_int, REQUIRED)}
 
 
 def check_stem(stem: Any, in_shape: Shape, where: str) -> tuple[dict[str, Any], Shape]:
     if not isinstance(stem, dict):
         raise ValueError(f"{where}: expected a mapping, got {stem!r}")
-    args = _check_args(STEM_ARGS, stem, where)
+    args = check_args(STEM_ARGS, stem, where)
     (kf, kt), (sf, st) = as_pair(args["kernel"]), as_pair(args["stride"])
     _, bins, frames = in_shape
     return args, (args["out_channels"], conv_out(bins, kf, sf), conv_out(frames, kt, st))
@@ -260,7 +157,7 @@ def build_stem(stem: dict[str, Any], in_channels: int = 1) -> nn.Module:
 def check_head(head: Any, where: str) -> dict[str, Any]:
     if not isinstance(head, dict):
         raise ValueError(f"{where}: expected a mapping, got {head!r}")
-    return _check_args(HEAD_ARGS, head, where)
+    return check_args(HEAD_ARGS, head, where)
 
 
 def build_head(head: dict[str, Any], in_shape: Shape, num_classes: int) -> nn.Module:
@@ -342,7 +239,7 @@ def _check_classes(genotype: dict[str, Any], where: str) -> dict[str, Any]:
                                 or not all(isinstance(c, str) for c in classes)):
         raise ValueError(f"{where}: classes: expected a list of class names, got {classes!r}")
     num_classes = genotype.get("num_classes", len(classes) if classes else 12)
-    _positive_int(num_classes, f"{where}: num_classes")
+    checks.positive_int(num_classes, f"{where}: num_classes")
     if classes and len(classes) != num_classes:
         raise ValueError(f"{where}: num_classes: {num_classes} does not match the {len(classes)} "
                          f"names in classes")

@@ -27,7 +27,7 @@ import yaml
 from nas_kws.features import FeatureConfig
 from nas_kws.models.genotype import (Shape, check_block, check_head, check_net_keys, check_stem,
                                      describe_block, input_shape)
-from nas_kws.models.mbconv import make_divisible
+from nas_kws.models.layers import make_divisible
 
 SPACES_DIR = Path(__file__).resolve().parent.parent.parent / "search_spaces"
 SPACE_KEYS = ("name", "description", "features", "channel_divisor", "stem", "blocks", "head")
