@@ -7,9 +7,10 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 
@@ -121,7 +122,8 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config") 
     for name, value in data.items():
         tp = hints[name]
         key = f"{where}.{name}"
-        kwargs[name] = from_dict(tp, value, key) if _is_dataclass_type(tp) else _coerce(value, tp, key)
+        kwargs[name] = (from_dict(tp, value, key) if _is_dataclass_type(tp)
+                        else _coerce(value, tp, key))
     return cls(**kwargs)
 
 
@@ -151,7 +153,8 @@ def read_config_file(path: str | Path | None) -> tuple[dict[str, Any], str]:
         return {}, "config"
     data = read_yaml(path, "config file") or {}
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of config sections, got {type(data).__name__}")
+        raise ValueError(f"{path}: expected a mapping of config sections, got "
+                         f"{type(data).__name__}")
     return data, str(path)
 
 

@@ -38,7 +38,8 @@ def evaluate(model: nn.Module, frontend: nn.Module, loader, device: torch.device
         total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
         count += len(labels)
         pairs = labels.cpu() * num_classes + logits.argmax(1).cpu()
-        confusion += torch.bincount(pairs, minlength=num_classes ** 2).view(num_classes, num_classes)
+        counts = torch.bincount(pairs, minlength=num_classes ** 2)
+        confusion += counts.view(num_classes, num_classes)
     cm = confusion.numpy()
     support = cm.sum(1)
     with np.errstate(invalid="ignore", divide="ignore"):

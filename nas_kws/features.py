@@ -31,9 +31,11 @@ class FeatureConfig:
         if self.kind not in FEATURE_KINDS:
             raise ValueError(f"features.kind: expected one of {FEATURE_KINDS}, got {self.kind!r}")
         if self.kind == "mfcc" and not 1 <= self.n_mfcc <= self.n_mels:
-            raise ValueError(f"features.n_mfcc: expected 1..n_mels ({self.n_mels}), got {self.n_mfcc}")
+            raise ValueError(f"features.n_mfcc: expected 1..n_mels ({self.n_mels}), got "
+                             f"{self.n_mfcc}")
         if self.win_length > self.n_fft:
-            raise ValueError(f"features.win_length ({self.win_length}) must not exceed n_fft ({self.n_fft})")
+            raise ValueError(f"features.win_length ({self.win_length}) must not exceed n_fft "
+                             f"({self.n_fft})")
 
     @classmethod
     def logmel(cls, n_mels: int = 40) -> "FeatureConfig":
@@ -42,12 +44,13 @@ class FeatureConfig:
 
     @classmethod
     def mfcc(cls, n_mfcc: int = 10) -> "FeatureConfig":
-        """Peter et al.'s input: 40 ms window and 20 ms hop, torchaudio's 128 mels -> n_mfcc x 51."""
-        return cls(kind="mfcc", n_fft=640, win_length=640, hop_length=320, n_mels=128, n_mfcc=n_mfcc)
+        """Peter et al.'s input: 40 ms window, 20 ms hop, torchaudio's 128 mels -> n_mfcc x 51."""
+        return cls(kind="mfcc", n_fft=640, win_length=640, hop_length=320, n_mels=128,
+                   n_mfcc=n_mfcc)
 
     @classmethod
     def dscnn(cls) -> "FeatureConfig":
-        """Hello Edge's input: 10 MFCC from 40 mels, 40 ms window, 20 ms stride, no padding -> 10x49."""
+        """Hello Edge's input: 10 MFCC of 40 mels, 40 ms window, 20 ms hop, no padding -> 10x49."""
         return cls(kind="mfcc", n_fft=640, win_length=640, hop_length=320, n_mels=40, n_mfcc=10,
                    center=False)
 
@@ -59,7 +62,8 @@ class FeatureConfig:
     def shape(self) -> tuple[int, int]:
         """(bins, frames) of one clip."""
         n = self.num_samples
-        frames = n // self.hop_length + 1 if self.center else (n - self.n_fft) // self.hop_length + 1
+        usable = n if self.center else n - self.n_fft
+        frames = usable // self.hop_length + 1
         return (self.n_mfcc if self.kind == "mfcc" else self.n_mels), frames
 
     def to_dict(self) -> dict[str, Any]:

@@ -7,8 +7,8 @@ import io
 import json
 import os
 import tempfile
-from pathlib import Path
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, Callable
 
 import yaml
@@ -58,6 +58,17 @@ def write_csv(path: str | os.PathLike, columns: list[str], rows: Iterable[dict[s
     writer.writeheader()
     writer.writerows(rows)
     return write_text(path, buffer.getvalue())
+
+
+def read_json(path: str | os.PathLike, what: str = "file") -> Any:
+    """The parsed JSON of `path`; a missing `what` or invalid JSON is an error naming the path."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {what} not found")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
 
 
 def read_yaml(path: str | os.PathLike, what: str = "file") -> Any:

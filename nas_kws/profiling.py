@@ -16,10 +16,8 @@ Counting rules (per clip, i.e. divided by the dummy batch size):
 """
 from __future__ import annotations
 
-import argparse
-import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -136,28 +134,3 @@ def format_profile(profile: Profile, bits: int = 8) -> str:
             ("peak activations", f"{profile.peak_activation_bytes / 1024:.1f} KiB (fp32, batch 1)")]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
-
-
-def _profile_command(args: argparse.Namespace) -> None:
-    from nas_kws.models import create_model
-
-    features = FeatureConfig.mfcc(args.n_mfcc) if args.n_mfcc else None
-    model = create_model(args.model, features=features)
-    profile = profile_model(model)
-    if args.json:
-        print(json.dumps({**asdict(profile), "size_bytes": profile.size_bytes(args.bits),
-                          "bits": args.bits, "model": args.model}))
-    else:
-        print(f"{args.model}\n{format_profile(profile, args.bits)}")
-
-
-def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("profile", help="parameters, MACs, size and activation memory "
-                                                   "of a model or genotype")
-    parser.add_argument("model", metavar="MODEL_OR_GENOTYPE",
-                        help="a registered model name or a genotype .yaml file")
-    parser.add_argument("--n_mfcc", type=int, default=0,
-                        help="use N MFCC (Peter et al.'s features) instead of the model's own")
-    parser.add_argument("--bits", type=int, default=8, help="weight bit width for size_bytes")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.set_defaults(func=_profile_command)

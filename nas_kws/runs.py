@@ -1,28 +1,70 @@
-"""The run directory: resolved config, features, classes, atomic checkpoints, metrics, TensorBoard.
+"""The run directory: the name of every file a job writes, and reading / writing them.
 
-Layout: config.yaml, features.yaml, classes.txt, checkpoints/{last,best}.pt, metrics.json, tb/.
+    config.yaml, features.yaml, classes.txt     the setup (`write_setup`)
+    checkpoints/{last,best}.pt                  atomic checkpoints
+    metrics.json, tb/                           results (written last: a finished run) and logs
+    confusion_<split>[_<which>].png             confusion matrices
+    genotype.yaml, arch_history.csv             a search: the derived net and its per-epoch log
+    retrain/                                    a search's net, trained (run_exp.py --train)
+    seed<N>/                                    one seed of a multi-seed training
+    quant/ptq.json                              accuracy per rounding scheme and bit width
+    quant/<method>_<tag>/                       a quantized net
+    compress/svd_<ratio>/, with svd.json        an SVD-compressed net
+    export/model_{fp32,int8}.onnx, export.json  ONNX exports and their parity checks
+    *.latency.json                              next to each benchmarked ONNX file
+
+Every sub-run (retrain/, seed<N>/, quant/..., compress/...) is a run directory itself.
 """
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
-from torch import nn
 
+from nas_kws.config import ExperimentConfig, from_dict
 from nas_kws.features import FeatureConfig
-from nas_kws.fileio import atomic_write, write_json, write_text, write_yaml
+from nas_kws.fileio import atomic_write, read_json, read_yaml, write_json, write_text, write_yaml
+
+
+def latency_path(onnx: str | os.PathLike) -> Path:
+    """Where `nas-kws bench latency` writes an ONNX file's latency: next to it."""
+    return Path(onnx).with_suffix(".latency.json")
+
+
+class ExportDir:
+    """A folder of ONNX exports (a run's export/, or `nas-kws export --out`)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def onnx_path(self, kind: str) -> Path:
+        """model_<kind>.onnx, kind fp32 or int8."""
+        return self.path / f"model_{kind}.onnx"
+
+    @property
+    def summary_path(self) -> Path:
+        return self.path / "export.json"
 
 
 class RunDir:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+
+    # --- the files -------------------------------------------------------------------------
 
     @property
     def config_path(self) -> Path:
         return self.path / "config.yaml"
+
+    @property
+    def features_path(self) -> Path:
+        return self.path / "features.yaml"
+
+    @property
+    def classes_path(self) -> Path:
+        return self.path / "classes.txt"
 
     @property
     def metrics_path(self) -> Path:
@@ -32,21 +74,78 @@ class RunDir:
     def tb_dir(self) -> Path:
         return self.path / "tb"
 
+    @property
+    def genotype_path(self) -> Path:
+        return self.path / "genotype.yaml"
+
+    @property
+    def history_path(self) -> Path:
+        return self.path / "arch_history.csv"
+
+    @property
+    def ptq_path(self) -> Path:
+        return self.path / "quant" / "ptq.json"
+
+    @property
+    def svd_summary_path(self) -> Path:
+        return self.path / "svd.json"
+
     def checkpoint_path(self, name: str) -> Path:
         return self.path / "checkpoints" / f"{name}.pt"
+
+    def confusion_path(self, split: str, which: str | None = None) -> Path:
+        return self.path / f"confusion_{split}{f'_{which}' if which else ''}.png"
+
+    @property
+    def export(self) -> ExportDir:
+        return ExportDir(self.path / "export")
+
+    # --- the sub-runs ------------------------------------------------------------------------
+
+    @property
+    def retrain(self) -> RunDir:
+        return RunDir(self.path / "retrain")
+
+    def seed_run(self, seed: int) -> RunDir:
+        return RunDir(self.path / f"seed{seed}")
+
+    def quant_run(self, method: str, tag: str) -> RunDir:
+        return RunDir(self.path / "quant" / f"{method}_{tag}")
+
+    def quant_runs(self) -> list[RunDir]:
+        """Every quant/<method>_<tag>/, in name order."""
+        folder = self.path / "quant"
+        if not folder.is_dir():
+            return []
+        return [RunDir(p) for p in sorted(folder.iterdir()) if p.is_dir()]
+
+    def svd_run(self, target_macs_ratio: float) -> RunDir:
+        return RunDir(self.path / "compress" / f"svd_{target_macs_ratio:g}")
+
+    # --- reading and writing -----------------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        """metrics.json is written last, so a run that has one ran to its end."""
+        return self.metrics_path.is_file()
 
     def has_checkpoint(self, name: str = "last") -> bool:
         return self.checkpoint_path(name).is_file()
 
-    def write_setup(self, config: dict[str, Any], features: FeatureConfig, classes: list[str]) -> None:
+    def write_setup(self, config: dict[str, Any], features: FeatureConfig,
+                    classes: list[str]) -> None:
         write_yaml(self.config_path, config)
-        write_yaml(self.path / "features.yaml", features.to_dict())
-        write_text(self.path / "classes.txt", "\n".join(classes) + "\n")
+        write_yaml(self.features_path, features.to_dict())
+        write_text(self.classes_path, "\n".join(classes) + "\n")
 
     def read_config(self) -> dict[str, Any]:
         if not self.config_path.is_file():
             raise FileNotFoundError(f"{self.config_path}: not a run directory (no config.yaml)")
-        return yaml.safe_load(self.config_path.read_text())
+        return read_yaml(self.config_path)
+
+    def experiment(self) -> ExperimentConfig:
+        """The validated config of a training run (a search run holds a search config)."""
+        return from_dict(ExperimentConfig, self.read_config(), str(self.config_path))
 
     def save_checkpoint(self, name: str, state: dict[str, Any]) -> Path:
         return atomic_write(self.checkpoint_path(name), lambda tmp: torch.save(state, tmp))
@@ -58,45 +157,8 @@ class RunDir:
         return torch.load(path, map_location="cpu", weights_only=False)
 
     def read_metrics(self) -> dict[str, Any]:
-        return json.loads(self.metrics_path.read_text()) if self.metrics_path.is_file() else {}
+        """metrics.json; {} for a run that has not finished."""
+        return read_json(self.metrics_path) if self.finished else {}
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         write_json(self.metrics_path, metrics)
-
-
-def model_from_spec(spec: dict[str, Any], num_classes: int) -> nn.Module:
-    """The (untrained) net a checkpoint's `model_spec` describes: a registered name, a genotype,
-    or a net derived from one of those ({"base": spec, "svd_ranks": ...} or {"base", "quant"})."""
-    if "base" in spec:
-        base = model_from_spec(spec["base"], num_classes)
-        if "svd_ranks" in spec:
-            from nas_kws.quant.svd import apply_ranks
-
-            model = apply_ranks(base, spec["svd_ranks"])
-        elif "quant" in spec:
-            from nas_kws.quant.qat import QuantSpec, quant_twin
-
-            model = quant_twin(base, QuantSpec.from_dict(spec["quant"], where="model_spec.quant"))
-        else:
-            raise ValueError(f"model spec: a derived spec needs 'svd_ranks' or 'quant' beside "
-                             f"'base', got keys {sorted(spec)}")
-        model.spec = spec
-        return model
-    from nas_kws.models import create_model
-    from nas_kws.models.genotype import build_from_genotype
-
-    if "genotype" in spec:
-        return build_from_genotype(spec["genotype"], num_classes=num_classes)
-    return create_model(spec["name"], num_classes=num_classes, **spec.get("kwargs", {}))
-
-
-def load_model(run_dir: str | Path, which: str = "best") -> tuple[nn.Module, FeatureConfig, list[str]]:
-    """(model in eval mode on CPU, its features, its class names) from any run directory,
-    plain or derived (SVD-compressed, quantized)."""
-    state = RunDir(run_dir).load_checkpoint(which)
-    classes = list(state["classes"])
-    model = model_from_spec(state["model_spec"], len(classes))
-    model.load_state_dict(state["model"])
-    features = FeatureConfig.from_dict(state["features"])
-    model.feature_config = features
-    return model.eval(), features, classes

@@ -45,7 +45,8 @@ def test_augmenter_shift_noise_and_silence_loudness():
     waves[:, 800] = 1.0
     noise = torch.ones(3, 1600)
     labels = torch.tensor([0, 1] * 200)
-    aug = Augmenter(AugmentConfig(shift_ms=10, noise_prob=1.0, noise_max=0.1, silence_noise_max=1.0),
+    cfg = AugmentConfig(shift_ms=10, noise_prob=1.0, noise_max=0.1, silence_noise_max=1.0)
+    aug = Augmenter(cfg,
                     noise, sample_rate=16000, silence_index=1)
     out = aug(waves, labels, g)
     level = out[:, 0]

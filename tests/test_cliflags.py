@@ -1,12 +1,22 @@
 """The shared command-line pieces: config-key flags, --set, and the one error handler."""
 import argparse
+import importlib.util
+from pathlib import Path
 
 import pytest
 import yaml
 
-from nas_kws.cliflags import (add_debug_flag, add_quiet_flag, add_set_flag, overrides_from_args,
-                              run_main)
+from nas_kws.cli import main
+from nas_kws.cliflags import (
+    add_debug_flag,
+    add_quiet_flag,
+    add_set_flag,
+    overrides_from_args,
+    run_main,
+)
 from nas_kws.errors import NasKwsError
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def parser_running(func) -> argparse.ArgumentParser:
@@ -49,3 +59,16 @@ def test_bugs_keep_their_traceback():
     with pytest.raises(KeyError):
         run_main(parser_running(fail), ["cmd"])
     assert run_main(parser_running(lambda args: None), ["cmd"]) == 0
+
+
+def test_nas_kws_and_run_exp_share_the_handler(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("run_exp", ROOT / "run_exp.py")
+    run_exp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_exp)
+    assert main(["eval", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith(f"nas-kws eval: error: {tmp_path}")
+    assert run_exp.main(["--path", str(tmp_path), "--train"]) == 2
+    assert capsys.readouterr().err == (f"run_exp.py: error: {tmp_path}/genotype.yaml: no genotype "
+                                       "to retrain (run a search first)\n")
+    with pytest.raises(FileNotFoundError):
+        main(["--debug", "eval", str(tmp_path)])

@@ -43,7 +43,8 @@ class Server:
                 body = PAYLOAD[start:]
                 self.send_response(206 if start else 200)
                 if start:
-                    self.send_header("Content-Range", f"bytes {start}-{len(PAYLOAD) - 1}/{len(PAYLOAD)}")
+                    self.send_header("Content-Range",
+                                     f"bytes {start}-{len(PAYLOAD) - 1}/{len(PAYLOAD)}")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 if owner.truncate:
@@ -139,7 +140,8 @@ def test_file_url_download_and_resume(tmp_path):
     source.write_bytes(PAYLOAD)
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "data.bin.part").write_bytes(PAYLOAD[:77_777])
-    dest = dl.download(source.as_uri(), tmp_path / "out" / "data.bin", SHA, len(PAYLOAD), progress=False)
+    dest = dl.download(source.as_uri(), tmp_path / "out" / "data.bin", SHA, len(PAYLOAD),
+                       progress=False)
     assert dest.read_bytes() == PAYLOAD
     with pytest.raises(ValueError, match="SHA-256 mismatch"):
         dl.download(source.as_uri(), tmp_path / "other.bin", "f" * 64, None, progress=False)
@@ -156,7 +158,8 @@ def _tarball(path: Path, files: dict[str, bytes]) -> Path:
 
 
 def test_extract_once(tmp_path):
-    archive = _tarball(tmp_path / "a.tar.gz", {"./yes/a.wav": b"123", "testing_list.txt": b"yes/a.wav\n"})
+    archive = _tarball(tmp_path / "a.tar.gz",
+                       {"./yes/a.wav": b"123", "testing_list.txt": b"yes/a.wav\n"})
     out = dl.extract(archive, tmp_path / "data")
     assert (out / "yes" / "a.wav").read_bytes() == b"123"
     assert (out / dl.EXTRACTED_MARKER).exists()

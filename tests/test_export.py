@@ -11,9 +11,15 @@ from nas_kws.config import ExperimentConfig, load_config
 from nas_kws.features import FeatureConfig
 from nas_kws.models import create_model
 from nas_kws.models.genotype import build_from_genotype
-from nas_kws.quant.commands import add_commands
-from nas_kws.quant.export import (export_fp32, export_int8, kernel_summary, onnx_logits,
-                                  prediction_parity, read_metadata)
+from nas_kws.quant import commands, export_commands
+from nas_kws.quant.export import (
+    export_fp32,
+    export_int8,
+    kernel_summary,
+    onnx_logits,
+    prediction_parity,
+    read_metadata,
+)
 from nas_kws.quant.latency import measure_latency
 from nas_kws.quant.qat import QuantSpec, calibrate, quant_twin
 from nas_kws.train import train_experiment
@@ -89,7 +95,9 @@ def test_latency_is_measured_per_clip_with_memory(trained, tmp_path):
 
 def run_command(argv: list[str]) -> None:
     parser = argparse.ArgumentParser()
-    add_commands(parser.add_subparsers(dest="command", required=True))
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in (commands, export_commands):
+        module.add_commands(sub)
     args = parser.parse_args(argv)
     assert args.func(args) == 0
 

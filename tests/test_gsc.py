@@ -1,9 +1,7 @@
 import argparse
 import re
 import shutil
-import sys
 import tarfile
-import types
 from collections import Counter
 from pathlib import Path
 
@@ -11,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from nas_kws.data import gsc
+from nas_kws.data import gsc, synth
 from nas_kws.data.commands import add_commands
 from nas_kws.data.gsc import index_gsc
 from nas_kws.data.index import KEYWORDS, NOISE_DIR, SILENCE, SPLITS, UNKNOWN, noise_region
@@ -132,7 +130,8 @@ def test_speaker_ids(tree):
     index = index_gsc(tree)
     clip = next(c for c in index.splits["train"] if c.path.startswith("yes/"))
     assert clip.speaker == Path(clip.path).name.split("_nohash_")[0]
-    assert all(c.speaker == "" for c in index.splits["train"] if c.label == index.classes.index(SILENCE))
+    silence = index.classes.index(SILENCE)
+    assert all(c.speaker == "" for c in index.splits["train"] if c.label == silence)
 
 
 def test_official_test_split(tmp_path):
@@ -144,7 +143,8 @@ def test_official_test_split(tmp_path):
         assert set(index.counts()["official_test"].values()) == {3}
         for split in index.splits.values():
             assert all((Path(index.root) / c.path).is_file() for c in split)
-    unknown = next(c for c in index.splits["official_test"] if c.label == index.classes.index(UNKNOWN))
+    unknown = next(c for c in index.splits["official_test"]
+                   if c.label == index.classes.index(UNKNOWN))
     assert not unknown.speaker.startswith("bed")
     elsewhere = make_official_test(tmp_path / "elsewhere" / "test")
     assert len(index_gsc(data, official_test_root=elsewhere).splits["official_test"]) == 36
@@ -176,7 +176,8 @@ def test_download_gsc_from_file_urls(tmp_path, tree, monkeypatch):
         with tarfile.open(tarball, "w:gz") as tar:
             tar.add(folder, arcname=".")
         name = gsc.ARCHIVES[(2, kind)].folder
-        archives[(2, kind)] = gsc.Archive(tarball.as_uri().replace(f"{kind}.tar.gz", f"{name}.tar.gz"),
+        url = tarball.as_uri().replace(f"{kind}.tar.gz", f"{name}.tar.gz")
+        archives[(2, kind)] = gsc.Archive(url,
                                           tarball.stat().st_size, None)
         tarball.rename(tmp_path / f"{name}.tar.gz")
     monkeypatch.setattr(gsc, "ARCHIVES", archives)
@@ -224,8 +225,7 @@ def test_cli_data_synth_indexes_what_it_generates(tree, tmp_path, monkeypatch, c
         shutil.copytree(tree, out)
         return out
 
-    monkeypatch.setitem(sys.modules, "nas_kws.data.synth",
-                        types.SimpleNamespace(generate_synth=generate_synth))
+    monkeypatch.setattr(synth, "generate_synth", generate_synth)
     monkeypatch.setenv("NAS_KWS_CACHE", str(tmp_path / "cache"))
     _run_cli(["data", "synth", "--out", str(tmp_path / "synth"), "--size", "tiny", "--seed", "1",
               "--workers", "0"])

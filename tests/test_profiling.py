@@ -6,7 +6,8 @@ from torch import nn
 
 from nas_kws.features import FeatureConfig
 from nas_kws.models import create_model
-from nas_kws.profiling import Profile, add_commands, format_profile, profile_model
+from nas_kws.profiling import Profile, format_profile, profile_model
+from nas_kws.profiling_commands import add_commands
 
 BCRESNET_MACS = {"bcresnet1": 2_482_156, "bcresnet1.5": 4_607_994, "bcresnet2": 7_323_672,
                  "bcresnet3": 14_524_548, "bcresnet6": 50_283_336, "bcresnet8": 85_919_328}

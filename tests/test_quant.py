@@ -8,12 +8,18 @@ from nas_kws.models import create_model
 from nas_kws.models.dscnn import SameConv2d
 from nas_kws.models.genotype import build_from_genotype
 from nas_kws.profiling import profile_model
-from nas_kws.runs import model_from_spec
 from nas_kws.quant.fold import ChannelAffine, example_input, fold_batchnorm
 from nas_kws.quant.qat import QuantSpec, calibrate, layer_bits, load_quant_spec, quant_twin
 from nas_kws.quant.rounding import RoundingScheme, round_tensor, round_weights
-from nas_kws.quant.svd import (apply_ranks, compressible_layers, factorize, full_rank,
-                               measure_sensitivity, select_ranks)
+from nas_kws.quant.svd import (
+    apply_ranks,
+    compressible_layers,
+    factorize,
+    full_rank,
+    measure_sensitivity,
+    select_ranks,
+)
+from nas_kws.rebuild import model_from_spec
 
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 

@@ -49,7 +49,8 @@ def test_report_numbers_come_from_the_runs(tmp_path):
     genotype = tiny_genotype(12)
     runs = [
         fake_run(tmp_path / "b1_seed0", spec("bcresnet1"), 0.91, 9232, 3_100_000,
-                 ptq={8: 0.905, 4: 0.85}, twins={"w8a8": ("qat", 8, 0.908), "w4a8": ("qat", 4, 0.9)},
+                 ptq={8: 0.905, 4: 0.85},
+                 twins={"w8a8": ("qat", 8, 0.908), "w4a8": ("qat", 4, 0.9)},
                  latency={"fp32": 0.5, "int8": 0.7}),
         fake_run(tmp_path / "b1_seed1", spec("bcresnet1"), 0.93, 9232, 3_100_000),
         fake_run(tmp_path / "b2", spec("bcresnet2"), 0.95, 27284, 9_000_000),

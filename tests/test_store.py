@@ -55,7 +55,8 @@ def test_round_trip_is_exact(tmp_path):
         assert arrays.speakers == [r.speaker for r in refs]
         for row, ref in enumerate(refs):
             np.testing.assert_array_equal(arrays.audio[row], clips[ref.path])
-    with pytest.raises(ValueError, match=r"'official_test'.*available: \['test', 'train', 'valid'\]"):
+    with pytest.raises(ValueError,
+                       match=r"'official_test'.*available: \['test', 'train', 'valid'\]"):
         store.split("official_test")
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [store.root.name]   # no temp left
     assert open_store(store.root).splits["train"].audio.shape == store.splits["train"].audio.shape
@@ -68,16 +69,19 @@ def test_mixed_rates_lengths_channels(tmp_path):
     long = _write(root / "training/a/long.wav", _pcm(3 * L, 2))
     stereo = _write(root / "training/b/stereo.wav", _pcm(L, 3, channels=2))
     slow = _write(root / "training/b/slow.wav", _pcm(L // 2, 4), rate=8000)
-    floats = _write(root / "training/b/float.wav", _pcm(L, 5).astype(np.float32) / 32768, subtype="FLOAT")
+    floats = _write(root / "training/b/float.wav", _pcm(L, 5).astype(np.float32) / 32768,
+                    subtype="FLOAT")
     index = index_folders(root)
     store = build_store(index, 16000, L, cache_root=tmp_path / "cache", progress=False, workers=0)
-    row = {Path(c.path).name: store.splits["train"].audio[i] for i, c in enumerate(index.splits["train"])}
+    row = {Path(c.path).name: store.splits["train"].audio[i]
+           for i, c in enumerate(index.splits["train"])}
     np.testing.assert_array_equal(row["short.wav"][:L // 2], short)
     assert not row["short.wav"][L // 2:].any()                       # zero-padded at the end
     np.testing.assert_array_equal(row["long.wav"], long[:L])        # the first L samples kept
     expected = np.round(stereo.astype(np.float32).mean(axis=1))
     assert np.abs(row["stereo.wav"] - expected).max() <= 1           # down-mixed
-    resampled = torchaudio.functional.resample(torch.from_numpy(slow / np.float32(32768)), 8000, 16000)
+    resampled = torchaudio.functional.resample(torch.from_numpy(slow / np.float32(32768)),
+                                               8000, 16000)
     assert np.abs(row["slow.wav"] - np.round(resampled.numpy() * 32768)).max() <= 1
     np.testing.assert_array_equal(row["float.wav"], floats * 32768)
 
@@ -93,7 +97,8 @@ def test_bad_files_are_skipped_with_one_counted_warning(tmp_path):
     (root / "training/b/truncated.wav").write_bytes(data[:len(data) // 2])
     index = index_folders(root)
     with pytest.warns(UserWarning) as record:
-        store = build_store(index, 16000, L, cache_root=tmp_path / "cache", progress=False, workers=0)
+        store = build_store(index, 16000, L, cache_root=tmp_path / "cache", progress=False,
+                            workers=0)
     assert len(record) == 1
     message = str(record[0].message)
     assert message.startswith("skipped 4 ")
@@ -136,7 +141,8 @@ def test_cache_reuse_and_invalidation(tmp_path, monkeypatch):
         raise AssertionError("decoded again")
 
     monkeypatch.setattr(store_mod, "_decode_rows", no_decoding)
-    again = build_store(index_folders(root), 16000, L, cache_root=tmp_path / "cache", progress=False)
+    again = build_store(index_folders(root), 16000, L, cache_root=tmp_path / "cache",
+                        progress=False)
     assert again.root == first.root
     monkeypatch.undo()
 
@@ -161,7 +167,8 @@ def test_failed_build_leaves_nothing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(store_mod, "_decode", boom)
     with pytest.raises(RuntimeError, match="disk full"):
-        build_store(index_folders(tmp_path / "d"), 16000, L, cache_root=tmp_path / "cache", progress=False)
+        build_store(index_folders(tmp_path / "d"), 16000, L, cache_root=tmp_path / "cache",
+                    progress=False)
     assert list((tmp_path / "cache").iterdir()) == []
 
 

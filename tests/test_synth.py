@@ -1,4 +1,5 @@
-"""The synthetic eSpeak dataset: GSC v2 layout, speaker-disjoint splits, determinism, sanity of audio."""
+"""The synthetic eSpeak dataset: GSC v2 layout, speaker-disjoint splits, determinism, sanity of
+audio."""
 from __future__ import annotations
 
 import hashlib
@@ -11,6 +12,7 @@ import pytest
 import soundfile as sf
 
 from nas_kws.data import espeak, noise, synth
+from nas_kws.data.index import NOISE_DIR
 
 SIZE = synth.SYNTH_SIZES["tiny"]
 NAME = re.compile(r"^[0-9a-f]{8}_nohash_\d+\.wav$")
@@ -22,37 +24,44 @@ def digest(root: Path) -> dict[str, str]:
 
 
 def clips(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.glob("*/*.wav") if p.parent.name in synth.WORDS)
+    return sorted(str(p.relative_to(root)) for p in root.glob("*/*.wav")
+                  if p.parent.name in synth.WORDS)
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("synth")
-    roots = {"two_workers": synth.generate_synth(base / "a", seed=0, size="tiny", progress=False, workers=2),
-             "one_worker": synth.generate_synth(base / "b", seed=0, size="tiny", progress=False, workers=1)}
+    roots = {"two_workers": synth.generate_synth(base / "a", seed=0, size="tiny", progress=False,
+                                                 workers=2),
+             "one_worker": synth.generate_synth(base / "b", seed=0, size="tiny", progress=False,
+                                                workers=1)}
     interrupted = base / "c"   # looks like a generation killed half-way: no .complete marker
     (interrupted / "yes").mkdir(parents=True)
     (interrupted / synth.CONFIG_NAME).write_text("{}")
     (interrupted / "yes" / "leftover.wav").write_bytes(b"partial")
-    roots["other_seed"] = synth.generate_synth(interrupted, seed=1, size="tiny", progress=False, workers=2)
+    roots["other_seed"] = synth.generate_synth(interrupted, seed=1, size="tiny", progress=False,
+                                               workers=2)
     return roots
 
 
 def test_gsc_layout_and_wav_format(built):
     root = built["two_workers"]
-    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == sorted([*synth.WORDS, synth.NOISE_FOLDER])
+    assert (sorted(p.name for p in root.iterdir() if p.is_dir())
+            == sorted([*synth.WORDS, NOISE_DIR]))
     names = clips(root)
     assert len(names) == SIZE.speakers * SIZE.clips_per_speaker == 210
     for rel in names:
         assert NAME.match(Path(rel).name), rel
         info = sf.info(root / rel)
-        assert (info.samplerate, info.channels, info.frames, info.subtype) == (16000, 1, 16000, "PCM_16"), rel
-    noises = sorted((root / synth.NOISE_FOLDER).glob("*.wav"))
-    assert [p.name for p in noises] == ["babble.wav", "brown_noise.wav", "mains_hum.wav", "pink_noise.wav",
-                                        "white_noise.wav"]
+        assert (info.samplerate, info.channels, info.frames, info.subtype) == (
+            16000, 1, 16000, "PCM_16"), rel
+    noises = sorted((root / NOISE_DIR).glob("*.wav"))
+    assert [p.name for p in noises] == ["babble.wav", "brown_noise.wav", "mains_hum.wav",
+                                        "pink_noise.wav", "white_noise.wav"]
     for path in noises:
         info = sf.info(path)
-        assert (info.samplerate, info.channels, info.frames) == (16000, 1, SIZE.noise_seconds * 16000)
+        assert (info.samplerate, info.channels, info.frames) == (16000, 1,
+                                                                 SIZE.noise_seconds * 16000)
     config = json.loads((root / synth.CONFIG_NAME).read_text())
     assert (config["seed"], config["size"], len(config["speakers"])) == (0, "tiny", SIZE.speakers)
     assert (root / "README.txt").exists() and (root / synth.COMPLETE_MARKER).exists()
@@ -97,7 +106,8 @@ def test_complete_folder_is_reused_and_foreign_folders_are_refused(built, tmp_pa
     root = built["two_workers"]
     before = (root / "yes").stat().st_mtime_ns, (root / synth.COMPLETE_MARKER).stat().st_mtime_ns
     assert synth.generate_synth(root, seed=0, size="tiny", progress=False) == root
-    assert ((root / "yes").stat().st_mtime_ns, (root / synth.COMPLETE_MARKER).stat().st_mtime_ns) == before
+    stamps = (root / "yes").stat().st_mtime_ns, (root / synth.COMPLETE_MARKER).stat().st_mtime_ns
+    assert stamps == before
     with pytest.raises(ValueError, match="seed"):
         synth.generate_synth(root, seed=5, size="tiny", progress=False)
     (tmp_path / "mine.txt").write_text("keep me")
@@ -117,7 +127,8 @@ def test_clips_are_audible_and_all_different(built):
     levels = np.array(levels)
     assert levels.min() > -50.0                      # never silent (speech is set to -35..-15 dBFS)
     assert levels.std() > 2.0                        # levels vary from clip to clip
-    assert len({h for rel, h in digest(root).items() if rel.endswith(".wav")}) == len(clips(root)) + 5
+    wav_hashes = {h for rel, h in digest(root).items() if rel.endswith(".wav")}
+    assert len(wav_hashes) == len(clips(root)) + 5
 
 
 def test_every_accent_speaks_and_unknown_voices_are_rejected():
@@ -137,7 +148,8 @@ def test_every_accent_speaks_and_unknown_voices_are_rejected():
 def test_resample_keeps_tones_below_the_new_nyquist_and_removes_those_above():
     t = np.arange(espeak.SAMPLE_RATE) / espeak.SAMPLE_RATE
     for freq, kept in ((1000.0, True), (9000.0, False)):
-        y = synth.resample(np.sin(2 * np.pi * freq * t).astype(np.float32), espeak.SAMPLE_RATE, 16000)
+        wave = np.sin(2 * np.pi * freq * t).astype(np.float32)
+        y = synth.resample(wave, espeak.SAMPLE_RATE, 16000)
         assert len(y) == 16000
         rms = np.sqrt(np.mean(y ** 2))
         if kept:
@@ -168,4 +180,5 @@ def test_noise_generators():
 
 def test_default_root_lives_in_the_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("NAS_KWS_CACHE", str(tmp_path))
-    assert synth.default_synth_root(3, "small") == tmp_path / f"synth-v{synth.RECIPE_VERSION}-seed3-small"
+    assert (synth.default_synth_root(3, "small")
+            == tmp_path / f"synth-v{synth.RECIPE_VERSION}-seed3-small")

@@ -6,7 +6,8 @@ from nas_kws.config import ExperimentConfig, load_config
 from nas_kws.data.loader import open_dataset
 from nas_kws.device import seed_everything
 from nas_kws.models import create_model
-from nas_kws.runs import RunDir, load_model
+from nas_kws.rebuild import load_model
+from nas_kws.runs import RunDir
 from nas_kws.train import NonFiniteLossError, fit, train_experiment
 
 
@@ -57,7 +58,8 @@ def test_resume_gives_the_same_weights_as_a_straight_run(tone_root, tmp_path):
 def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_checkpoint(tone_root, tmp_path):
     cfg = tone_config(tone_root, epochs=2)
     store = open_dataset(cfg.data, progress=False)
-    fit(fresh_model(cfg, store), cfg, tmp_path / "r", store=store, progress=False, stop_after_epoch=0)
+    fit(fresh_model(cfg, store), cfg, tmp_path / "r", store=store, progress=False,
+        stop_after_epoch=0)
     model = create_model("bcresnet1", num_classes=4)
     model.register_forward_hook(lambda mod, inp, out: out * float("nan"))
     with pytest.raises(NonFiniteLossError, match="epoch 1 step 0: loss is nan"):

@@ -23,7 +23,8 @@ class Augmenter:
         self.max_shift = int(round(cfg.shift_ms * sample_rate / 1000))
         self.silence_index = silence_index
 
-    def __call__(self, waves: torch.Tensor, labels: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    def __call__(self, waves: torch.Tensor, labels: torch.Tensor,
+                 g: torch.Generator) -> torch.Tensor:
         batch, length = waves.shape
         device = waves.device
         if self.max_shift:
@@ -70,7 +71,9 @@ class SpecAugment(nn.Module):
         batch, _, bins, frames = feats.shape
         hit = torch.zeros(batch, bins, frames, dtype=torch.bool, device=feats.device)
         if self.freq_masks and self.freq_width:
-            hit |= _masks(bins, self.freq_masks, self.freq_width, batch, g, feats.device)[:, :, None]
+            hit |= _masks(bins, self.freq_masks, self.freq_width, batch, g,
+                          feats.device)[:, :, None]
         if self.time_masks and self.time_width:
-            hit |= _masks(frames, self.time_masks, self.time_width, batch, g, feats.device)[:, None, :]
+            hit |= _masks(frames, self.time_masks, self.time_width, batch, g,
+                          feats.device)[:, None, :]
         return feats.masked_fill(hit[:, None], 0.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from nas_kws.data import synth
 from nas_kws.data.folders import index_folders
 from nas_kws.data.gsc import TASKS, download_gsc, index_gsc
 from nas_kws.data.index import DatasetIndex
@@ -36,54 +37,58 @@ def _prepare(index: DatasetIndex, sample_rate: int, num_samples: int, workers: i
           f"{sample_rate} Hz x {num_samples} samples)")
 
 
-def run_gsc(args: argparse.Namespace) -> None:
+def run_gsc(args: argparse.Namespace) -> int:
     if args.download:
         download_gsc(args.root, args.version)
     index = index_gsc(args.root, version=args.version, task=args.task, seed=args.seed)
     _prepare(index, 16000, 16000, args.workers)
+    return 0
 
 
-def run_folders(args: argparse.Namespace) -> None:
+def run_folders(args: argparse.Namespace) -> int:
     if args.sample_rate <= 0 or args.duration <= 0:
-        raise ValueError(f"--sample_rate and --duration must be > 0, got {args.sample_rate}, {args.duration}")
+        raise ValueError(f"--sample_rate and --duration must be > 0, got {args.sample_rate}, "
+                         f"{args.duration}")
     _prepare(index_folders(args.root), args.sample_rate, round(args.sample_rate * args.duration),
              args.workers)
+    return 0
 
 
-def run_synth(args: argparse.Namespace) -> None:
-    # Imported here: the speech synthesiser is only needed by this subcommand.
-    from nas_kws.data.synth import generate_synth
-
-    generate_synth(args.out, seed=args.seed, size=args.size, progress=True, workers=args.workers)
+def run_synth(args: argparse.Namespace) -> int:
+    synth.generate_synth(args.out, seed=args.seed, size=args.size, progress=True,
+                         workers=args.workers)
     _prepare(index_gsc(args.out, version=2, task="12class", seed=args.seed), 16000, 16000,
              args.workers)
+    return 0
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     data = subparsers.add_parser("data", help="download, index and decode audio data")
     sub = data.add_subparsers(dest="data_command", required=True, metavar="SOURCE")
 
-    gsc = sub.add_parser("gsc", help="Google Speech Commands v1 or v2")
-    gsc.add_argument("--version", type=int, choices=(1, 2), default=2)
-    gsc.add_argument("--root", type=Path, required=True,
-                     help="folder holding speech_commands_v0.0N/ (or the extracted archive itself)")
-    gsc.add_argument("--download", action="store_true",
-                     help="fetch and extract the archive and the official test set into --root")
-    gsc.add_argument("--task", choices=TASKS, default="12class")
-    gsc.add_argument("--seed", type=int, default=0, help="seed of the unknown/silence sampling")
-    gsc.set_defaults(func=run_gsc)
+    gsc_p = sub.add_parser("gsc", help="Google Speech Commands v1 or v2")
+    gsc_p.add_argument("--version", type=int, choices=(1, 2), default=2)
+    gsc_p.add_argument("--root", type=Path, required=True,
+                       help="folder holding speech_commands_v0.0N/ (or the extracted archive "
+                            "itself)")
+    gsc_p.add_argument("--download", action="store_true",
+                       help="fetch and extract the archive and the official test set into --root")
+    gsc_p.add_argument("--task", choices=TASKS, default="12class")
+    gsc_p.add_argument("--seed", type=int, default=0, help="seed of the unknown/silence sampling")
+    gsc_p.set_defaults(func=run_gsc)
 
-    folders = sub.add_parser("folders", help="your own DIR/training|validation|testing/<class>/*.wav")
-    folders.add_argument("--root", type=Path, required=True)
-    folders.add_argument("--sample_rate", type=int, default=16000)
-    folders.add_argument("--duration", type=float, default=1.0, help="clip length in seconds")
-    folders.set_defaults(func=run_folders)
+    folders_p = sub.add_parser("folders",
+                               help="your own DIR/training|validation|testing/<class>/*.wav")
+    folders_p.add_argument("--root", type=Path, required=True)
+    folders_p.add_argument("--sample_rate", type=int, default=16000)
+    folders_p.add_argument("--duration", type=float, default=1.0, help="clip length in seconds")
+    folders_p.set_defaults(func=run_folders)
 
-    synth = sub.add_parser("synth", help="generate the synthetic GSC-shaped set (no download)")
-    synth.add_argument("--out", type=Path, required=True)
-    synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--size", choices=("tiny", "small", "default", "large"), default="default")
-    synth.set_defaults(func=run_synth)
+    synth_p = sub.add_parser("synth", help="generate the synthetic GSC-shaped set (no download)")
+    synth_p.add_argument("--out", type=Path, required=True)
+    synth_p.add_argument("--seed", type=int, default=0)
+    synth_p.add_argument("--size", choices=list(synth.SYNTH_SIZES), default="default")
+    synth_p.set_defaults(func=run_synth)
 
-    for parser in (gsc, folders, synth):
+    for parser in (gsc_p, folders_p, synth_p):
         parser.add_argument("--workers", type=int, default=2, help="worker processes")

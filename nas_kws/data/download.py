@@ -151,7 +151,8 @@ def extract(archive: Path, dest_dir: Path) -> Path:
         raise FileExistsError(f"{dest_dir} exists but was not extracted by nas-kws "
                               f"(no {EXTRACTED_MARKER}): remove it or use it as it is")
     dest_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest_dir.name}.", suffix=".partial", dir=dest_dir.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest_dir.name}.", suffix=".partial",
+                                dir=dest_dir.parent))
     try:
         with tarfile.open(archive, "r:gz") as tar:
             for member in tar:   # one pass over the stream: check, then extract

@@ -46,19 +46,23 @@ class Espeak:
     def lib(self) -> ctypes.CDLL:
         if self._lib is None:
             lib = ctypes.CDLL(espeakng_loader.get_library_path())
-            lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+            lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p,
+                                              ctypes.c_int]
             lib.espeak_SetSynthCallback.argtypes = [_SynthCallback]
             lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
             lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-            lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
-                                         ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+            lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint,
+                                         ctypes.c_int, ctypes.c_uint, ctypes.c_uint,
+                                         ctypes.c_void_p, ctypes.c_void_p]
             lib.espeak_Info.argtypes = [ctypes.c_void_p]
             lib.espeak_Info.restype = ctypes.c_char_p
             lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
-            rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, espeakng_loader.get_data_path().encode(),
+            rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0,
+                                         espeakng_loader.get_data_path().encode(),
                                          _INITIALIZE_DONT_EXIT)
             if rate != SAMPLE_RATE:
-                raise RuntimeError(f"espeak_Initialize with data {espeakng_loader.get_data_path()} returned "
+                raise RuntimeError(f"espeak_Initialize with data {espeakng_loader.get_data_path()} "
+                                   f"returned "
                                    f"{rate}, expected the sample rate {SAMPLE_RATE}")
             lib.espeak_SetSynthCallback(self._callback)
             lib.espeak_ng_SetRandSeed(0)   # breath noise; initialisation seeds it with the time
@@ -70,17 +74,20 @@ class Espeak:
 
     def synthesize(self, text: str, voice: str = "en", rate: int = 175, pitch: int = 50,
                    pitch_range: int = 50, volume: int = 100) -> np.ndarray:
-        """Speak `text`: int16 samples at SAMPLE_RATE. `voice` is "language[+variant]", e.g. "en-us+f3";
-        rate in words per minute, pitch and pitch_range 0-100 (50 = the voice's own), volume 0-200."""
+        """Speak `text`: int16 samples at SAMPLE_RATE. `voice` is "language[+variant]", e.g.
+        "en-us+f3"; rate in words per minute, pitch and pitch_range 0-100 (50 = the voice's own),
+        volume 0-200."""
         self._set_voice(voice)
-        for name, value in (("rate", rate), ("pitch", pitch), ("pitch_range", pitch_range), ("volume", volume)):
+        for name, value in (("rate", rate), ("pitch", pitch), ("pitch_range", pitch_range),
+                            ("volume", volume)):
             code, low, high = _PARAMETERS[name]
             if not low <= value <= high:
                 raise ValueError(f"eSpeak {name}={value} is out of range: expected {low}..{high}")
             self.lib.espeak_SetParameter(code, int(value), 0)
         data = text.encode()
         self._chunks = []
-        status = self.lib.espeak_Synth(data, len(data) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
+        status = self.lib.espeak_Synth(data, len(data) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8,
+                                       None, None)
         if status != 0:
             raise RuntimeError(f"espeak_Synth failed with status {status} on {text!r}")
         return np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
@@ -89,11 +96,14 @@ class Espeak:
         variant = voice.partition("+")[2]
         # the library silently ignores an unknown variant, so check it against the shipped files
         if variant and variant not in variants():
-            raise ValueError(f"unknown eSpeak voice variant {variant!r} in {voice!r}: expected one of "
+            raise ValueError(f"unknown eSpeak voice variant {variant!r} in {voice!r}: expected "
+                             "one of "
                              f"{', '.join(variants())}")
         if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
-            raise ValueError(f"unknown eSpeak voice {voice!r}: expected a voice of the shipped data such as "
-                             f"'en', 'en-us' or 'en-gb-scotland', optionally with '+variant' (e.g. 'en-us+f3')")
+            raise ValueError(f"unknown eSpeak voice {voice!r}: expected a voice of the shipped "
+                             "data such as "
+                             "'en', 'en-us' or 'en-gb-scotland', optionally with '+variant' "
+                             "(e.g. 'en-us+f3')")
 
 
 @functools.cache

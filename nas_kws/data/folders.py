@@ -55,7 +55,8 @@ def index_folders(root: str | os.PathLike) -> DatasetIndex:
     if untrained:
         raise ValueError(f"{root}: class(es) {untrained} have no WAV in training/; "
                          "every class needs training clips")
-    empty = [f"{SPLIT_DIRS[s]}/{c}" for s in present for c, names in listing[s].items() if not names]
+    empty = [f"{SPLIT_DIRS[s]}/{c}" for s in present for c, names in listing[s].items()
+             if not names]
     if empty:
         warnings.warn(f"{root}: {len(empty)} empty class folder(s): {_named(empty)}")
     lonely = [c for c in classes if sum(bool(listing[s].get(c)) for s in present) == 1]

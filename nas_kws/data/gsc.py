@@ -14,8 +14,17 @@ import numpy as np
 import soundfile as sf
 
 from nas_kws.data.download import download, extract
-from nas_kws.data.index import (KEYWORDS, NOISE_DIR, SILENCE, SPLITS, UNKNOWN, ClipRef,
-                                DatasetIndex, noise_region, speaker_of)
+from nas_kws.data.index import (
+    KEYWORDS,
+    NOISE_DIR,
+    SILENCE,
+    SPLITS,
+    UNKNOWN,
+    ClipRef,
+    DatasetIndex,
+    noise_region,
+    speaker_of,
+)
 
 TASKS = ("12class", "35class")
 # BC-ResNet's per-split numbers of `_unknown_` and `_silence_` clips. On the real archives they
@@ -80,7 +89,8 @@ def _data_dir(root: Path, version: int) -> Path:
         raise FileNotFoundError(f"GSC data not found: {root} does not exist; "
                                 + GET_DATA.format(v=version))
     for candidate in (root, root / ARCHIVES[(version, "train")].folder):
-        if (candidate / "validation_list.txt").is_file() and (candidate / "testing_list.txt").is_file():
+        if ((candidate / "validation_list.txt").is_file()
+                and (candidate / "testing_list.txt").is_file()):
             return candidate
     raise FileNotFoundError(f"{root}: not a Speech Commands folder (no validation_list.txt and "
                             f"testing_list.txt here or in {ARCHIVES[(version, 'train')].folder}/); "
@@ -88,7 +98,8 @@ def _data_dir(root: Path, version: int) -> Path:
 
 
 def _read_list(path: Path) -> set[str]:
-    return {line.strip().removeprefix("./") for line in path.read_text().splitlines() if line.strip()}
+    return {line.strip().removeprefix("./") for line in path.read_text().splitlines()
+            if line.strip()}
 
 
 def _split_words(data_dir: Path) -> tuple[list[str], dict[str, list[tuple[str, str]]]]:
@@ -100,7 +111,8 @@ def _split_words(data_dir: Path) -> tuple[list[str], dict[str, list[tuple[str, s
     for word in words:
         for wav in sorted((data_dir / word).glob("*.wav")):
             rel = f"{word}/{wav.name}"
-            items["valid" if rel in valid else "test" if rel in test else "train"].append((rel, word))
+            split = "valid" if rel in valid else "test" if rel in test else "train"
+            items[split].append((rel, word))
     return words, items
 
 
@@ -134,7 +146,8 @@ def _official_test(folder: Path, classes: list[str], base: Path) -> list[ClipRef
     """The official test archive: one folder per 12-class label, `_silence_` included."""
     missing = [c for c in classes if not (folder / c).is_dir()]
     if missing:
-        raise ValueError(f"{folder}: not a Speech Commands test archive (missing folders {missing})")
+        raise ValueError(f"{folder}: not a Speech Commands test archive (missing folders "
+                         f"{missing})")
     return [ClipRef(os.path.relpath(wav, base), label, speaker_of(wav.name).rsplit("_", 1)[-1])
             for label, name in enumerate(classes) for wav in sorted((folder / name).glob("*.wav"))]
 
@@ -161,7 +174,7 @@ def index_gsc(root: str | os.PathLike, version: int = 2, task: str = "12class", 
     source = f"gsc-v{version}/{task}"
 
     if task == "35class":
-        if silence_counts is not None or unknown_counts is not None or official_test_root is not None:
+        if not (silence_counts is None and unknown_counts is None and official_test_root is None):
             raise ValueError("silence_counts, unknown_counts and official_test_root belong to the "
                              "12class task only (the official test archive has 12 classes)")
         label_of = {w: i for i, w in enumerate(words)}
@@ -181,7 +194,8 @@ def index_gsc(root: str | os.PathLike, version: int = 2, task: str = "12class", 
     base = Path(os.path.commonpath([data_dir, official])) if official.is_dir() else data_dir
     prefix = os.path.relpath(data_dir, base)
     classes = [*KEYWORDS, UNKNOWN, SILENCE]
-    keywords = {s: [(rel, KEYWORDS.index(w)) for rel, w in items[s] if w in KEYWORDS] for s in SPLITS}
+    keywords = {s: [(rel, KEYWORDS.index(w)) for rel, w in items[s] if w in KEYWORDS]
+                for s in SPLITS}
     others = {s: [rel for rel, w in items[s] if w not in KEYWORDS] for s in SPLITS}
     defaults = {s: min(BCRESNET_COUNTS[version][s], round(len(keywords[s]) / len(KEYWORDS)))
                 for s in SPLITS}
@@ -200,7 +214,9 @@ def index_gsc(root: str | os.PathLike, version: int = 2, task: str = "12class", 
         splits[split] = ([ref(rel, label) for rel, label in keywords[split]]
                          + [ref(other[i], classes.index(UNKNOWN)) for i in sorted(picked)]
                          + _silence_clips(noise, split, n_silence[split],
-                                          np.random.default_rng([seed, k, 1]), classes.index(SILENCE)))
+                                          np.random.default_rng([seed, k, 1]),
+                                          classes.index(SILENCE)))
     if official.is_dir():
         splits["official_test"] = _official_test(official, classes, base)
-    return DatasetIndex(source, str(base), classes, splits, noise_files=[rel for rel, _, _ in noise])
+    return DatasetIndex(source, str(base), classes, splits,
+                        noise_files=[rel for rel, _, _ in noise])

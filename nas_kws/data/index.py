@@ -12,7 +12,7 @@ from nas_kws.fileio import write_json
 SPLITS = ("train", "valid", "test")
 SILENCE = "_silence_"
 UNKNOWN = "_unknown_"
-KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")  # GSC's 12-class task
+KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")  # GSC 12class
 NOISE_DIR = "_background_noise_"   # GSC's folder of long noise recordings (synth writes one too)
 # Each background-noise file is cut in time into disjoint regions, one per split, so the
 # `_silence_` clips (and training noise) of one split never reuse another split's audio.
@@ -65,7 +65,8 @@ class DatasetIndex:
         """Content key: clip list plus each file's size and mtime, so edits invalidate caches."""
         h = hashlib.sha256()
         h.update(json.dumps([self.source, self.classes], sort_keys=True).encode())
-        files = sorted({c.path for clips in self.splits.values() for c in clips} | set(self.noise_files))
+        clips = {c.path for clips in self.splits.values() for c in clips}
+        files = sorted(clips | set(self.noise_files))
         for rel in files:
             try:
                 st = os.stat(Path(self.root) / rel)

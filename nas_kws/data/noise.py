@@ -11,7 +11,8 @@ COLORS = {"white": 0.0, "pink": 1.0, "brown": 2.0}   # power spectral density ~ 
 
 
 def unit_rms(x: np.ndarray) -> np.ndarray:
-    return (x / max(float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))), 1e-12)).astype(np.float32)
+    rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+    return (x / max(rms, 1e-12)).astype(np.float32)
 
 
 def colored_noise(n: int, rng: np.random.Generator, exponent: float, sample_rate: int = 16000,
@@ -27,10 +28,12 @@ def colored_noise(n: int, rng: np.random.Generator, exponent: float, sample_rate
 
 def mains_hum(n: int, rng: np.random.Generator, sample_rate: int = 16000) -> np.ndarray:
     """50 or 60 Hz (slightly off nominal) with random harmonics up to 2 kHz, plus a faint hiss.
-    One cycle is drawn into a table and read at the hum's frequency (a sum of sines per sample is slow)."""
+    One cycle is drawn into a table and read at the hum's frequency (a sum of sines per sample
+    is slow)."""
     f0 = rng.choice([50.0, 60.0]) * rng.uniform(0.995, 1.005)
     harmonics = np.arange(1, int(2000 // f0) + 1)
-    amplitudes = rng.uniform(0.2, 1.0, len(harmonics)) * harmonics ** -rng.uniform(0.5, 1.5, len(harmonics))
+    amplitudes = (rng.uniform(0.2, 1.0, len(harmonics))
+                  * harmonics ** -rng.uniform(0.5, 1.5, len(harmonics)))
     phases = rng.uniform(0, 2 * np.pi, len(harmonics))
     table_size = 1024
     cycle = np.arange(table_size + 1) / table_size
@@ -55,5 +58,6 @@ def make_noise(kind: str, n: int, rng: np.random.Generator, sample_rate: int = 1
     if kind == "hum":
         return mains_hum(n, rng, sample_rate)
     if kind not in COLORS:
-        raise ValueError(f"unknown noise kind {kind!r}: expected one of {', '.join([*COLORS, 'hum'])}")
+        raise ValueError(f"unknown noise kind {kind!r}: expected one of "
+                         f"{', '.join([*COLORS, 'hum'])}")
     return colored_noise(n, rng, COLORS[kind], sample_rate)

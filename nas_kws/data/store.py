@@ -90,7 +90,8 @@ def _resample(x: np.ndarray, rate: int, sample_rate: int) -> np.ndarray:
     return torchaudio.functional.resample(torch.from_numpy(x), rate, sample_rate).numpy()
 
 
-def read_clip(path: Path, start: int, gain: float, sample_rate: int, num_samples: int) -> np.ndarray:
+def read_clip(path: Path, start: int, gain: float, sample_rate: int,
+              num_samples: int) -> np.ndarray:
     """One clip as exactly `num_samples` int16 samples at `sample_rate`; raises ValueError or
     soundfile's error for audio that cannot be used."""
     if _wav_truncated(path):
@@ -102,7 +103,8 @@ def read_clip(path: Path, start: int, gain: float, sample_rate: int, num_samples
             raise ValueError(f"start {start} is past the last frame ({f.frames})")
         # int16 straight from the file only for 16-bit PCM: libsndfile does not scale float
         # WAVs when reading them as integers.
-        exact = f.subtype == "PCM_16" and f.samplerate == sample_rate and f.channels == 1 and gain == 1.0
+        exact = (f.subtype == "PCM_16" and f.samplerate == sample_rate and f.channels == 1
+                 and gain == 1.0)
         f.seek(start)
         data = f.read(math.ceil(num_samples * f.samplerate / sample_rate),
                       dtype="int16" if exact else "float32", always_2d=True)
@@ -138,10 +140,12 @@ def _decode_rows(array_path: str, first_row: int, root: str, clips: list[tuple[s
 
 
 def _decode(path: Path, root: str, clips: list[tuple[str, int, float]], sample_rate: int,
-            num_samples: int, pool: Executor | None, desc: str, progress: bool) -> list[tuple[int, str]]:
+            num_samples: int, pool: Executor | None, desc: str,
+            progress: bool) -> list[tuple[int, str]]:
     """Decode `clips` into an int16 .npy at `path` and drop the rows that failed; return the
     failures, sorted, as (clip number, message)."""
-    audio = np.lib.format.open_memmap(path, mode="w+", dtype=np.int16, shape=(len(clips), num_samples))
+    audio = np.lib.format.open_memmap(path, mode="w+", dtype=np.int16,
+                                      shape=(len(clips), num_samples))
     del audio   # header written; the workers fill the rows
     jobs = [(str(path), i, root, clips[i:i + CHUNK], sample_rate, num_samples)
             for i in range(0, len(clips), CHUNK)]
@@ -168,7 +172,8 @@ def _drop_rows(path: Path, rows: list[int]) -> None:
     keep = np.ones(len(audio), dtype=bool)
     keep[rows] = False
     tmp = path.with_suffix(".compact.npy")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int16, shape=(int(keep.sum()), audio.shape[1]))
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int16,
+                                    shape=(int(keep.sum()), audio.shape[1]))
     done = 0
     for i in range(0, len(audio), 8192):
         block = audio[i:i + 8192][keep[i:i + 8192]]
@@ -205,7 +210,8 @@ def build_store(index: DatasetIndex, sample_rate: int = 16000, num_samples: int 
                 workers: int = 2) -> WaveformStore:
     """Open the store for `index`, decoding every split first if it is not cached yet."""
     if sample_rate <= 0 or num_samples <= 0:
-        raise ValueError(f"store: sample_rate and num_samples must be > 0, got {sample_rate}, {num_samples}")
+        raise ValueError(f"store: sample_rate and num_samples must be > 0, got {sample_rate}, "
+                         f"{num_samples}")
     cache_root = Path(cache_root) if cache_root is not None else cache_dir() / "stores"
     fingerprint = index.fingerprint()
     path = cache_root / _store_name(index.source, fingerprint, sample_rate, num_samples)
@@ -269,10 +275,12 @@ def open_store(path: str | os.PathLike) -> WaveformStore:
     """Memory-map a store folder written by build_store."""
     path = Path(path)
     if not (path / "meta.json").is_file():
-        raise FileNotFoundError(f"{path}: not a waveform store (no meta.json); build it with build_store")
+        raise FileNotFoundError(f"{path}: not a waveform store (no meta.json); build it with "
+                                "build_store")
     meta = json.loads((path / "meta.json").read_text())
     if meta.get("store_version") != STORE_VERSION:
-        raise ValueError(f"{path}: store version {meta.get('store_version')}, expected {STORE_VERSION}; "
+        raise ValueError(f"{path}: store version {meta.get('store_version')}, expected "
+                         f"{STORE_VERSION}; "
                          "delete it and build again")
 
     splits = {name: SplitArrays(np.load(path / f"{name}.audio.npy", mmap_mode="r"),

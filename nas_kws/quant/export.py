@@ -123,7 +123,8 @@ def onnx_logits(path: str | Path, features: np.ndarray | torch.Tensor,
     """Logits of an exported model on (N, 1, bins, frames) features, one clip per run."""
     sess = session(path, threads)
     feats = np.asarray(features, dtype=np.float32)
-    return np.concatenate([sess.run([OUTPUT], {INPUT: feats[i:i + 1]})[0] for i in range(len(feats))])
+    return np.concatenate([sess.run([OUTPUT], {INPUT: feats[i:i + 1]})[0]
+                           for i in range(len(feats))])
 
 
 def prediction_parity(reference: torch.Tensor, exported: torch.Tensor) -> dict[str, Any]:

@@ -60,7 +60,8 @@ def run_hooked(model: nn.Module, example: torch.Tensor, handles: list) -> None:
             handle.remove()
 
 
-def _norm_affine(bn: nn.modules.batchnorm._BatchNorm, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _norm_affine(bn: nn.modules.batchnorm._BatchNorm,
+                 name: str) -> tuple[torch.Tensor, torch.Tensor]:
     if bn.running_mean is None or bn.running_var is None:
         raise ValueError(f"{name}: batch norm without running statistics cannot be folded")
     scale = torch.rsqrt(bn.running_var + bn.eps)

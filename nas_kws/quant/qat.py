@@ -23,8 +23,12 @@ from typing import Any, Iterable
 import brevitas.nn as qnn
 import torch
 from brevitas.graph.calibrate import calibration_mode
-from brevitas.quant import (Int8WeightPerChannelFloat, Int8WeightPerTensorFloat, Int32Bias,
-                            ShiftedUint8ActPerTensorFloat)
+from brevitas.quant import (
+    Int8WeightPerChannelFloat,
+    Int8WeightPerTensorFloat,
+    Int32Bias,
+    ShiftedUint8ActPerTensorFloat,
+)
 from torch import nn
 
 from nas_kws.config import check_keys, read_config_file
@@ -36,8 +40,9 @@ LAYER_KEYS = ("weight_bits", "act_bits")
 
 
 def _check_bits(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not BIT_RANGE[0] <= value <= BIT_RANGE[1]:
-        raise ValueError(f"{where}: expected an integer bit width {BIT_RANGE[0]}..{BIT_RANGE[1]}, "
+    low, high = BIT_RANGE
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{where}: expected an integer bit width {low}..{high}, "
                          f"got {value!r}")
     return value
 
@@ -184,5 +189,6 @@ def layer_bits(twin: nn.Module) -> dict[str, tuple[int, int]]:
     found = {}
     for name, module in twin.named_modules():
         if isinstance(module, tuple(QUANT_CLASSES.values())):
-            found[name] = (int(module.weight_quant.bit_width()), int(module.input_quant.bit_width()))
+            found[name] = (int(module.weight_quant.bit_width()),
+                           int(module.input_quant.bit_width()))
     return found

@@ -127,7 +127,8 @@ class Compressible:
 def compressible_layers(model: nn.Module) -> dict[str, Compressible]:
     """Every layer SVD applies to, in forward order, with its MACs for one clip."""
     inputs: dict[str, torch.Tensor] = {}
-    hooks = [m.register_forward_pre_hook(lambda mod, inp, name=name: inputs.setdefault(name, inp[0]))
+    hooks = [m.register_forward_pre_hook(lambda mod, inp, name=name:
+                                         inputs.setdefault(name, inp[0]))
              for name, m in model.named_modules() if layer_kind(m) is not None]
     was_training = model.training
     model.eval()
@@ -173,7 +174,8 @@ class RankOption:
 
 
 def measure_sensitivity(model: nn.Module, score: Callable[[nn.Module], float],
-                        fractions: tuple[float, ...] = RANK_FRACTIONS) -> dict[str, list[RankOption]]:
+                        fractions: tuple[float, ...] = RANK_FRACTIONS,
+                        ) -> dict[str, list[RankOption]]:
     """For each layer, each candidate rank that saves MACs, the score change it causes alone."""
     base = score(model)
     options: dict[str, list[RankOption]] = {}
@@ -214,7 +216,8 @@ def select_ranks(options: dict[str, list[RankOption]], total_macs: int,
         if best is None:
             floor = total_macs - sum(max(o.macs_saved for o in opts) for opts in options.values())
             raise ValueError(f"target MACs {target_macs:,} unreachable by SVD: the smallest "
-                             f"ranks tried give {floor:,} ({floor / total_macs:.2f} of {total_macs:,})")
+                             f"ranks tried give {floor:,} ({floor / total_macs:.2f} of "
+                             f"{total_macs:,})")
         _, name, opt = best
         macs -= opt.macs_saved - (chosen[name].macs_saved if name in chosen else 0)
         chosen[name] = opt
