@@ -47,7 +47,8 @@ class NaiveWavDataset(Dataset):
         elif shift < 0:
             audio[shift:] = 0
         if self.rng.random() < 0.8:
-            audio = audio + self.rng.uniform(0, 0.1) * self.noise[self.rng.integers(len(self.noise))]
+            gain = self.rng.uniform(0, 0.1)
+            audio = audio + gain * self.noise[self.rng.integers(len(self.noise))]
         with torch.no_grad():
             feats = self.frontend(torch.from_numpy(audio.astype(np.float32))[None])[0]
         return feats, self.labels[i]

@@ -92,7 +92,7 @@ def main() -> None:
     args = parser.parse_args()
     threads = set_threads()
     print(f"batch {args.batch}, {threads} threads, {args.paths} sampled paths per space\n")
-    print(f"| space | step | ms | x derived step |\n|---|---|---:|---:|")
+    print("| space | step | ms | x derived step |\n|---|---|---:|---:|")
     for name in args.spaces.split(","):
         for label, seconds, ratio in bench_space(name, args.batch, args.paths, args.repeats):
             print(f"| {name} | {label} | {seconds * 1e3:.1f} | {ratio:.2f} |", flush=True)

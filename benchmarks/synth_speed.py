@@ -22,35 +22,41 @@ def espeak_ms_per_word(repeats: int = 3) -> tuple[float, float]:
     """(wall, CPU) milliseconds per word over all words and accents."""
     tts = espeak.get_espeak()
     tts.synthesize("warm up", "en")
-    calls = [(word, accent) for _ in range(repeats) for word in synth.WORDS for accent in synth.ACCENTS]
+    calls = [(word, accent) for _ in range(repeats) for word in synth.WORDS
+             for accent in synth.ACCENTS]
     wall, cpu = time.perf_counter(), time.process_time()
     for word, accent in calls:
         tts.synthesize(word, accent)
-    return (time.perf_counter() - wall) / len(calls) * 1e3, (time.process_time() - cpu) / len(calls) * 1e3
+    return ((time.perf_counter() - wall) / len(calls) * 1e3,
+            (time.process_time() - cpu) / len(calls) * 1e3)
 
 
 def render_ms_per_clip(clips: int = 300) -> tuple[float, float]:
-    """(wall, CPU) milliseconds per finished clip (synthesis, effects, noise), without file I/O."""
+    """(wall, CPU) milliseconds per finished clip (synthesis, effects, noise), without file
+    I/O."""
     bank = synth.make_babble(0, 0, 5)
     speakers = synth.make_speakers(0, 10)
     jobs = [(s, w, word) for s in speakers for w, word in enumerate(synth.WORDS)][:clips]
     wall, cpu = time.perf_counter(), time.process_time()
     for s, w, word in jobs:
         synth.render_clip(s, word, np.random.default_rng([0, s.index, w]), bank)
-    return (time.perf_counter() - wall) / len(jobs) * 1e3, (time.process_time() - cpu) / len(jobs) * 1e3
+    return ((time.perf_counter() - wall) / len(jobs) * 1e3,
+            (time.process_time() - cpu) / len(jobs) * 1e3)
 
 
 def generation_clips_per_minute(size: str, workers: int) -> float:
     spec = synth.SYNTH_SIZES[size]
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        synth.generate_synth(Path(tmp) / "synth", seed=0, size=size, progress=False, workers=workers)
+        synth.generate_synth(Path(tmp) / "synth", seed=0, size=size, progress=False,
+                             workers=workers)
         seconds = time.perf_counter() - start
     return spec.speakers * spec.clips_per_speaker / seconds * 60
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="small", choices=list(synth.SYNTH_SIZES))
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args()
@@ -68,7 +74,8 @@ def main() -> None:
     for workers in args.workers:
         rate = generation_clips_per_minute(args.size, workers)
         base = base or rate
-        print(f"| {workers} | {rate:,.0f} | {rate / base:.2f}x | {rate / GOAL_CLIPS_PER_MINUTE:.2f}x |")
+        print(f"| {workers} | {rate:,.0f} | {rate / base:.2f}x "
+              f"| {rate / GOAL_CLIPS_PER_MINUTE:.2f}x |")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

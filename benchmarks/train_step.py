@@ -55,7 +55,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="bcresnet1,bcresnet8")
     parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--compile", action="store_true", help="also try torch.compile (slow start)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also try torch.compile (slow start)")
     args = parser.parse_args()
     threads = set_threads()
     print(f"batch {BATCH}, 40x101 log-mel, {threads} threads, {args.steps} timed steps\n")

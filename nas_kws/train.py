@@ -22,12 +22,14 @@ from nas_kws.config import ExperimentConfig, TrainConfig, to_dict
 from nas_kws.data.loader import open_dataset
 from nas_kws.data.pipeline import Pipeline
 from nas_kws.device import pick_device, rng_state, seed_everything, set_rng_state
+from nas_kws.errors import NasKwsError
 from nas_kws.evaluation import EvalResult, confusion_figure, evaluate, save_confusion_png
 from nas_kws.runs import RunDir
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
+class NonFiniteLossError(NasKwsError):
+    """The loss went NaN or infinite: the config needs a change (e.g. a lower lr), so the job
+    stops before the update and the command line reports it in one line."""
 
 
 def build_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -133,7 +135,8 @@ def fit(model: nn.Module, cfg: ExperimentConfig, run_dir: str | Path, resume: bo
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
-        start_epoch, best_acc, history = state["epoch"] + 1, state["best_valid_acc"], state["history"]
+        start_epoch, best_acc = state["epoch"] + 1, state["best_valid_acc"]
+        history = state["history"]
     elif resume:
         raise FileNotFoundError(f"{run.checkpoint_path('last')}: nothing to resume")
     else:
@@ -217,12 +220,13 @@ def final_metrics(model: nn.Module, run: RunDir, pipe: Pipeline, device: torch.d
     for which in ("last", "best"):
         model.load_state_dict(run.load_checkpoint(which)["model"])
         for split in test_splits:
-            result = evaluate(model, pipe.frontend, pipe.loader(split, 500), device, len(pipe.classes))
+            result = evaluate(model, pipe.frontend, pipe.loader(split, 500), device,
+                              len(pipe.classes))
             key = f"{split}_{which}"
             metrics[f"{key}_acc"] = result.accuracy
             metrics[f"{key}_detail"] = result.summary(pipe.classes)
             if which == "best":
-                save_confusion_png(run.path / f"confusion_{split}.png", result.confusion,
+                save_confusion_png(run.confusion_path(split), result.confusion,
                                    pipe.classes, f"{split}, best checkpoint")
                 writer.add_figure(f"confusion/{split}", confusion_figure(result.confusion,
                                                                          pipe.classes, split))
@@ -236,21 +240,22 @@ def train_experiment(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = 
     """Create the model from the config and fit it, once per seed (mean +- std when several)."""
     from nas_kws.models import create_model
 
-    run_dir = Path(run_dir)
+    run = RunDir(run_dir)
     store = open_dataset(cfg.data, progress=progress)
     seeds = [cfg.train.seed + k for k in range(cfg.train.seeds)]
     results = []
     for seed in seeds:
         seed_cfg = replace(cfg, train=replace(cfg.train, seed=seed, seeds=1))
-        seed_dir = run_dir if len(seeds) == 1 else run_dir / f"seed{seed}"
-        if RunDir(seed_dir).metrics_path.is_file() and resume:
-            results.append(RunDir(seed_dir).read_metrics())
+        seed_run = run if len(seeds) == 1 else run.seed_run(seed)
+        if resume and seed_run.finished:
+            results.append(seed_run.read_metrics())
             continue
         seed_everything(seed)
         model = create_model(cfg.model, num_classes=len(store.classes),
                              features=cfg.features or None, **cfg.model_kwargs)
-        results.append(fit(model, seed_cfg, seed_dir, resume=resume and RunDir(seed_dir).has_checkpoint(),
-                           store=store, progress=progress))
+        results.append(fit(model, seed_cfg, seed_run.path,
+                           resume=resume and seed_run.has_checkpoint(), store=store,
+                           progress=progress))
     if len(seeds) == 1:
         return results[0]
     summary = {"seeds": seeds, "runs": [f"seed{s}" for s in seeds],
@@ -259,5 +264,5 @@ def train_experiment(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = 
         values = [r[key] for r in results]
         summary[f"{key}_mean"] = statistics.mean(values)
         summary[f"{key}_std"] = statistics.stdev(values)
-    RunDir(run_dir).write_metrics(summary)
+    run.write_metrics(summary)
     return summary

@@ -7,8 +7,12 @@ import yaml
 from nas_kws.features import FeatureConfig
 from nas_kws.models import create_model, list_models
 from nas_kws.models.bcresnet import BCResBottleneck
-from nas_kws.models.genotype import (build_from_genotype, check_genotype, load_genotype,
-                                     save_genotype)
+from nas_kws.models.genotype import (
+    build_from_genotype,
+    check_genotype,
+    load_genotype,
+    save_genotype,
+)
 from nas_kws.models.layers import make_divisible
 from nas_kws.models.mbconv import MBConv
 from nas_kws.models.proxyless_kws import proxyless_genotype

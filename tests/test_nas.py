@@ -14,10 +14,10 @@ from nas_kws.data.loader import open_dataset
 from nas_kws.models import create_model
 from nas_kws.models.genotype import build_from_genotype, describe_block, load_genotype
 from nas_kws.nas.arch_loss import BudgetMultiplier, arch_loss
+from nas_kws.nas.commands import add_search_flags, config_from_args, main
 from nas_kws.nas.cost import MacsTable, macs_table
 from nas_kws.nas.derive import budget_picks
 from nas_kws.nas.mixed_op import MixedOp
-from nas_kws.nas.commands import add_search_flags, config_from_args, main
 from nas_kws.nas.search import search
 from nas_kws.nas.search_config import load_search_config
 from nas_kws.nas.space import load_space, parse_space

@@ -22,8 +22,9 @@ class Pipeline:
 
     def __init__(self, store, cfg: ExperimentConfig, features: FeatureConfig, device: torch.device):
         if features.sample_rate != store.sample_rate or features.num_samples != store.num_samples:
-            raise ValueError(f"features: {features.sample_rate} Hz x {features.num_samples} samples "
-                             f"do not match the data ({store.sample_rate} Hz x {store.num_samples})")
+            raise ValueError(f"features: {features.sample_rate} Hz x {features.num_samples} "
+                             f"samples do not match the data ({store.sample_rate} Hz x "
+                             f"{store.num_samples})")
         t = cfg.train
         self.store, self.device = store, device
         self.classes = list(store.classes)

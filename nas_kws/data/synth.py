@@ -32,32 +32,32 @@ import soundfile as sf
 from tqdm import tqdm
 
 from nas_kws.data import espeak
+from nas_kws.data.index import KEYWORDS, NOISE_DIR
 from nas_kws.data.noise import babble, make_noise, unit_rms
 from nas_kws.fileio import cache_dir, write_json, write_text
 
 RECIPE_VERSION = 4          # bump when the output of a seed changes; it names the cache folder
 SAMPLE_RATE = 16000
 CLIP_SAMPLES = SAMPLE_RATE  # 1 s, as GSC
-KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
-OTHER_WORDS = ("bed", "bird", "cat", "dog", "eight", "five", "four", "happy", "house", "marvin", "nine",
-               "one", "seven", "sheila", "six", "three", "tree", "two", "wow", "zero", "backward",
-               "follow", "forward", "learn", "visual")
+OTHER_WORDS = ("bed", "bird", "cat", "dog", "eight", "five", "four", "happy", "house", "marvin",
+               "nine", "one", "seven", "sheila", "six", "three", "tree", "two", "wow", "zero",
+               "backward", "follow", "forward", "learn", "visual")
 WORDS = KEYWORDS + OTHER_WORDS
 # English voices of the shipped data that speak these words (en-shaw only changes the script)
 ACCENTS = ("en", "en-us", "en-us-nyc", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan",
            "en-gb-x-gbcwmd", "en-029")
 # babble text: common words that neither are nor sound like any of WORDS
-FILLER_WORDS = ("the", "and", "of", "in", "that", "it", "was", "with", "as", "his", "they", "at", "be",
-                "this", "from", "have", "or", "by", "but", "not", "what", "all", "were", "we", "when",
-                "your", "can", "said", "there", "use", "each", "which", "she", "how", "their", "if",
-                "will", "about", "many", "then", "them", "these", "some", "her", "would", "make",
-                "like", "him", "into", "time", "has", "look", "more", "people", "water", "been",
-                "call", "who", "its", "find", "long", "day", "did", "get", "come", "made", "may",
-                "part", "over", "new", "sound", "take", "only", "little", "work", "place", "year",
-                "live", "most", "very", "after", "thing", "our", "just", "name", "good", "man",
-                "think", "great", "where", "help", "much", "before", "line", "mean", "old", "same",
-                "tell", "boy", "small", "large", "city", "table", "window", "garden", "morning")
-NOISE_FOLDER = "_background_noise_"
+FILLER_WORDS = ("the", "and", "of", "in", "that", "it", "was", "with", "as", "his", "they", "at",
+                "be", "this", "from", "have", "or", "by", "but", "not", "what", "all", "were", "we",
+                "when", "your", "can", "said", "there", "use", "each", "which", "she", "how",
+                "their", "if", "will", "about", "many", "then", "them", "these", "some", "her",
+                "would", "make", "like", "him", "into", "time", "has", "look", "more", "people",
+                "water", "been", "call", "who", "its", "find", "long", "day", "did", "get", "come",
+                "made", "may", "part", "over", "new", "sound", "take", "only", "little", "work",
+                "place", "year", "live", "most", "very", "after", "thing", "our", "just", "name",
+                "good", "man", "think", "great", "where", "help", "much", "before", "line", "mean",
+                "old", "same", "tell", "boy", "small", "large", "city", "table", "window", "garden",
+                "morning")
 CONFIG_NAME = "synth_config.json"
 COMPLETE_MARKER = ".complete"
 _VOLUME = 60                # eSpeak volume: below its default 100, where some variants saturate
@@ -78,8 +78,10 @@ class SynthSize:
 
 
 SYNTH_SIZES = {
-    "tiny": SynthSize(speakers=6, keyword_takes=1, other_takes=1, noise_seconds=5),         # 210 clips: tests
-    "small": SynthSize(speakers=24, keyword_takes=2, other_takes=1, noise_seconds=30),      # 1,080: demos
+    # 210 clips: tests
+    "tiny": SynthSize(speakers=6, keyword_takes=1, other_takes=1, noise_seconds=5),
+    # 1,080: demos
+    "small": SynthSize(speakers=24, keyword_takes=2, other_takes=1, noise_seconds=30),
     # 96 training speakers (4,320 clips); 52 speakers each in valid and test, so each 12-class
     # split holds 1,248 clips (binomial std <= 1.2 points at 80 %)
     "default": SynthSize(speakers=200, keyword_takes=2, other_takes=1, noise_seconds=60,
@@ -105,7 +107,7 @@ class Variation:
     noise_kinds: tuple[str, ...] = ("white", "pink", "brown", "hum", "babble")
     snr_db: tuple[float, float] = (-5.0, 30.0)
     babble_talkers: int = 6
-    babble_bank_seconds: int = 20                       # clip babble, apart from the background file
+    babble_bank_seconds: int = 20                       # clip babble (not the background's)
 
 
 VARIATION = Variation()
@@ -142,7 +144,8 @@ def make_speakers(seed: int, count: int, held: int = 0) -> list[Speaker]:
         used[split] += 1
         speakers.append(Speaker(
             index=index,
-            id=f"{(index * 0x9E3779B1 + seed * 0x7FEB352D + 0x2545F491) % 2**32:08x}",  # odd factor: unique
+            # odd factor: unique
+            id=f"{(index * 0x9E3779B1 + seed * 0x7FEB352D + 0x2545F491) % 2**32:08x}",
             split=split, voice=f"{rng.choice(ACCENTS)}+{variant}",
             rate=int(rng.integers(v.speaker_rate_wpm[0], v.speaker_rate_wpm[1] + 1)),
             pitch=int(rng.integers(v.speaker_pitch[0], v.speaker_pitch[1] + 1)),
@@ -184,11 +187,13 @@ def reverberate(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     tail *= 10 ** (-rng.uniform(*v.direct_to_reverb_db) / 20) / np.sqrt(np.sum(tail ** 2))
     tail[0] = 1.0
     nfft = 1 << (len(x) + n - 1).bit_length()
-    return np.fft.irfft(np.fft.rfft(x, nfft) * np.fft.rfft(tail, nfft), nfft)[:len(x)].astype(np.float32)
+    wet = np.fft.irfft(np.fft.rfft(x, nfft) * np.fft.rfft(tail, nfft), nfft)
+    return wet[:len(x)].astype(np.float32)
 
 
 def _speak(text: str, voice: str, rate: int, pitch: int, pitch_range: int) -> np.ndarray:
-    """Float speech at eSpeak's rate, trimmed to where it is above -40 dB of its peak, 5 ms fades."""
+    """Float speech at eSpeak's rate, trimmed to where it is above -40 dB of its peak, 5 ms
+    fades."""
     speech = espeak.get_espeak().synthesize(text, voice, rate, pitch, pitch_range, _VOLUME)
     speech = speech.astype(np.float32) / 32768
     loud = np.flatnonzero(np.abs(speech) > 0.01 * np.abs(speech).max(initial=0.0))
@@ -202,12 +207,14 @@ def _speak(text: str, voice: str, rate: int, pitch: int, pitch_range: int) -> np
     return speech
 
 
-def render_clip(speaker: Speaker, word: str, rng: np.random.Generator, babble_bank: np.ndarray) -> np.ndarray:
+def render_clip(speaker: Speaker, word: str, rng: np.random.Generator,
+                babble_bank: np.ndarray) -> np.ndarray:
     """One 1 s int16 clip at 16 kHz of `speaker` saying `word`."""
     v = VARIATION
     rate = int(np.clip(round(speaker.rate * rng.uniform(*v.rate_jitter)), 80, 450))
     pitch = int(np.clip(speaker.pitch + rng.integers(-v.pitch_jitter, v.pitch_jitter + 1), 0, 100))
-    speech = _speak(word + rng.choice(v.punctuation), speaker.voice, rate, pitch, speaker.pitch_range)
+    speech = _speak(word + rng.choice(v.punctuation), speaker.voice, rate, pitch,
+                    speaker.pitch_range)
     # place the word at random in the 1 s window (crop if longer), then resample the whole window
     window = np.zeros(espeak.SAMPLE_RATE, np.float32)
     if len(speech) >= len(window):
@@ -284,7 +291,8 @@ def _noise_files(seed: int, seconds: int) -> dict[str, np.ndarray]:
     """The colored and hum files of `_background_noise_` (babble comes from a worker)."""
     rng = np.random.default_rng([seed, _NOISE_FILES])
     n = seconds * SAMPLE_RATE
-    return {f"{kind}_noise.wav" if kind != "hum" else "mains_hum.wav": make_noise(kind, n, rng, SAMPLE_RATE)
+    return {f"{kind}_noise.wav" if kind != "hum" else "mains_hum.wav":
+            make_noise(kind, n, rng, SAMPLE_RATE)
             for kind in ("white", "pink", "brown", "hum")}
 
 
@@ -307,13 +315,13 @@ def _reusable(out: Path, recipe: dict) -> bool:
     if (out / COMPLETE_MARKER).exists():
         existing = {k: json.loads(config.read_text()).get(k) for k in recipe}
         if existing != recipe:
-            raise ValueError(f"{out} already holds a synthetic set made with {existing}, not {recipe}: "
-                             f"choose another output folder or delete it")
+            raise ValueError(f"{out} already holds a synthetic set made with {existing}, not "
+                             f"{recipe}: choose another output folder or delete it")
         return True
     if out.exists() and any(out.iterdir()):
         if not config.exists():
-            raise ValueError(f"{out} is not empty and holds no {CONFIG_NAME}: refusing to write a synthetic "
-                             f"set over it")
+            raise ValueError(f"{out} is not empty and holds no {CONFIG_NAME}: refusing to write a "
+                             f"synthetic set over it")
         shutil.rmtree(out)  # an interrupted generation: start again
     return False
 
@@ -325,10 +333,13 @@ def _readme(recipe: dict, size: SynthSize, counts: dict[str, int]) -> str:
         "<speaker>_nohash_<n>.wav (16 kHz mono 16-bit PCM, 1 s), _background_noise_/*.wav,\n"
         "validation_list.txt and testing_list.txt; the other files are training clips.\n\n"
         f"Recipe version {recipe['recipe_version']}, seed {recipe['seed']}, size {recipe['size']}: "
-        f"{size.speakers} speakers, {size.keyword_takes} take(s) per keyword and {size.other_takes} per "
-        f"other word.\nClips: {counts['train']} train, {counts['valid']} validation, {counts['test']} test.\n"
-        "A speaker is an eSpeak voice setting (accent, timbre variant, pitch, range, rate); speakers and\n"
-        "timbre variants are disjoint across the splits. Per clip: rate and pitch jitter, intonation,\n"
+        f"{size.speakers} speakers, {size.keyword_takes} take(s) per keyword and "
+        f"{size.other_takes} per other word.\n"
+        f"Clips: {counts['train']} train, {counts['valid']} validation, {counts['test']} test.\n"
+        "A speaker is an eSpeak voice setting (accent, timbre variant, pitch, range, rate); "
+        "speakers and\n"
+        "timbre variants are disjoint across the splits. "
+        "Per clip: rate and pitch jitter, intonation,\n"
         "position, level, reverberation, background noise at random SNR. The noise files are at\n"
         f"-20 dBFS RMS. All ranges, the speakers and the library versions are in {CONFIG_NAME}.\n"
         "Same seed and size -> identical files.\n")
@@ -338,7 +349,8 @@ def generate_synth(out: Path, seed: int = 0, size: str = "default", progress: bo
                    workers: int = 2) -> Path:
     """Write the synthetic set to `out` (or reuse it when complete) and return `out`."""
     if size not in SYNTH_SIZES:
-        raise ValueError(f"unknown synthetic set size {size!r}: expected one of {', '.join(SYNTH_SIZES)}")
+        raise ValueError(f"unknown synthetic set size {size!r}: expected one of "
+                         f"{', '.join(SYNTH_SIZES)}")
     if workers < 1:
         raise ValueError(f"workers={workers}: expected at least 1")
     out, spec, recipe = Path(out), SYNTH_SIZES[size], _recipe(seed, size)
@@ -348,7 +360,7 @@ def generate_synth(out: Path, seed: int = 0, size: str = "default", progress: bo
         speakers = make_speakers(seed, spec.speakers, spec.held_speakers)
         for word in WORDS:
             (out / word).mkdir(parents=True, exist_ok=True)
-        (out / NOISE_FOLDER).mkdir()
+        (out / NOISE_DIR).mkdir()
         write_json(out / CONFIG_NAME, {
             **recipe, "sizes": asdict(spec), "variation": asdict(VARIATION), "words": list(WORDS),
             "accents": list(ACCENTS), "variants": list(espeak.variants()),
@@ -361,8 +373,8 @@ def generate_synth(out: Path, seed: int = 0, size: str = "default", progress: bo
         context.set_forkserver_preload([__name__])
         splits: dict[str, list[str]] = {"train": [], "valid": [], "test": []}
         with context.Pool(workers, maxtasksperchild=1) as pool, \
-                tqdm(total=spec.speakers * spec.clips_per_speaker, desc=f"synth {size}", unit="clip",
-                     disable=not progress) as bar:
+                tqdm(total=spec.speakers * spec.clips_per_speaker, desc=f"synth {size}",
+                     unit="clip", disable=not progress) as bar:
             # two independent babbles: one mixed into clips, one for `_background_noise_`
             bank = pool.apply(make_babble, (seed, 0, VARIATION.babble_bank_seconds))
             background = pool.apply_async(make_babble, (seed, 1, spec.noise_seconds))
@@ -372,10 +384,11 @@ def generate_synth(out: Path, seed: int = 0, size: str = "default", progress: bo
                 bar.update(len(paths))
             noises = {**_noise_files(seed, spec.noise_seconds), "babble.wav": background.get()}
         for name, noise in noises.items():
-            write_wav(out / NOISE_FOLDER / name, np.round(0.1 * noise * 32767).astype(np.int16))
+            write_wav(out / NOISE_DIR / name, np.round(0.1 * noise * 32767).astype(np.int16))
         write_text(out / "validation_list.txt", "".join(f"{p}\n" for p in sorted(splits["valid"])))
         write_text(out / "testing_list.txt", "".join(f"{p}\n" for p in sorted(splits["test"])))
-        write_text(out / "README.txt", _readme(recipe, spec, {k: len(v) for k, v in splits.items()}))
+        counts = {k: len(v) for k, v in splits.items()}
+        write_text(out / "README.txt", _readme(recipe, spec, counts))
         write_text(out / COMPLETE_MARKER, "")
     return out
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from nas_kws.config import check_keys
+
 REQUIRED = object()
 Check = Callable[[Any, str], Any]
 
@@ -79,9 +81,7 @@ def one_of(choices: list[str]) -> Check:
 def check_args(table: dict[str, tuple[Check, Any]], given: dict[str, Any],
                where: str) -> dict[str, Any]:
     """`given` checked against `table` (key -> (check, default or REQUIRED)), defaults filled."""
-    unknown = sorted(set(given) - set(table))
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys: {list(table)}")
+    check_keys(given, table, where)
     out = {}
     for key, (check, default) in table.items():
         if key in given:

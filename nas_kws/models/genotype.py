@@ -24,8 +24,9 @@ import torch
 import yaml
 from torch import nn
 
+from nas_kws.config import check_keys
 from nas_kws.features import FeatureConfig
-from nas_kws.fileio import write_text
+from nas_kws.fileio import read_yaml, write_text
 from nas_kws.models import checks
 from nas_kws.models.bcresnet import BCResBlock, BCResBottleneck
 from nas_kws.models.checks import REQUIRED, check_args
@@ -201,9 +202,7 @@ def check_net_keys(data: Any, valid: tuple[str, ...], where: str) -> None:
     sections, and features as a mapping."""
     if not isinstance(data, dict):
         raise ValueError(f"{where}: expected a mapping with keys {list(valid)}, got {data!r}")
-    unknown = sorted(set(data) - set(valid))
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys: {list(valid)}")
+    check_keys(data, valid, where)
     for key in ("features", "stem", "blocks", "head"):
         if key not in data:
             raise ValueError(f"{where}: missing required key {key!r}")
@@ -274,14 +273,7 @@ def build_from_genotype(genotype: dict[str, Any], num_classes: int | None = None
 
 
 def load_genotype(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"genotype file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML ({err})") from None
-    return check_genotype(data, where=str(path))
+    return check_genotype(read_yaml(path, "genotype file"), where=str(path))
 
 
 def save_genotype(path: str | Path, genotype: dict[str, Any]) -> Path:

@@ -7,17 +7,20 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from nas_kws.config import parse_set_flags
-from nas_kws.device import set_threads
+from nas_kws.cliflags import (
+    add_debug_flag,
+    add_quiet_flag,
+    add_set_flag,
+    overrides_from_args,
+    run_main,
+)
 from nas_kws.nas.arch_loss import REG_LOSS_TYPES
 from nas_kws.nas.mixed_op import BINARY_MODES
-from nas_kws.nas.search_config import (PRESETS, STRATEGIES, TARGETS, SearchConfig,
-                                       load_search_config)
+from nas_kws.nas.search_config import PRESETS, STRATEGIES, TARGETS, SearchConfig, load_search_config
 from nas_kws.runs import RunDir
 
 FLAG_KEYS = {  # flag -> config key (Peter et al.'s flag names where they exist)
@@ -71,16 +74,12 @@ def add_search_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train_batch_size", type=int)
     p.add_argument("--manual_seed", type=int)
     p.add_argument("--device", help="auto (CUDA when present), cpu, cuda")
-    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="any other config key, e.g. --set train.max_steps_per_epoch=10")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_set_flag(p, "train.max_steps_per_epoch=10")
+    add_quiet_flag(p)
 
 
 def config_from_args(args: argparse.Namespace) -> SearchConfig:
-    overrides = {key: getattr(args, flag) for flag, key in FLAG_KEYS.items()
-                 if getattr(args, flag) is not None}
-    overrides.update(parse_set_flags(args.set))
-    return load_search_config(args.config, overrides, args.preset)
+    return load_search_config(args.config, overrides_from_args(args, FLAG_KEYS), args.preset)
 
 
 def print_summary(metrics: dict[str, Any], run_dir: Path) -> None:
@@ -137,11 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="arch_search.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_search_flags(parser)
-    args = parser.parse_args(argv)
-    set_threads()
-    try:
-        return run_command(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"arch_search.py: error: {err}", file=sys.stderr)
-        return 2
+    add_debug_flag(parser)
+    parser.set_defaults(func=run_command)
+    return run_main(parser, argv)
 

@@ -2,16 +2,15 @@
 probability), TensorBoard scalars and the probability heatmap."""
 from __future__ import annotations
 
-import csv
-import io
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from nas_kws.fileio import write_text
+from nas_kws.fileio import write_csv
 from nas_kws.nas.space import SearchSpace
+from nas_kws.plots import pyplot
+
 
 def position_names(space: SearchSpace) -> list[str]:
     return [f"pos{p.index}" for p in space.searchable]
@@ -30,20 +29,13 @@ def history_columns(space: SearchSpace) -> list[str]:
     return cols
 
 
-def write_history_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(path, buf.getvalue())
+# arch_history.csv is a plain CSV: fileio.write_csv, under the name nas.search imports
+write_history_csv = write_csv
 
 
 def probability_figure(space: SearchSpace, probs: list[torch.Tensor], title: str):
     """Heatmap of op probabilities, one row per searchable position, the argmax op named."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     width = max(len(p) for p in probs)
     grid = np.full((len(probs), width), np.nan)
     for i, p in enumerate(probs):
@@ -64,8 +56,6 @@ def probability_figure(space: SearchSpace, probs: list[torch.Tensor], title: str
 def log_tensorboard(writer, space: SearchSpace, row: dict[str, Any], probs: list[torch.Tensor],
                     entropies: list[float], ref: float, multiplier: float | None) -> None:
     """One epoch's scalars and the probability heatmap."""
-    import matplotlib.pyplot as plt
-
     epoch = row["epoch"]
     for key in ("train_loss", "train_acc", "valid_acc", "lr"):
         writer.add_scalar(key.replace("_", "/", 1), row[key], epoch)
@@ -81,4 +71,4 @@ def log_tensorboard(writer, space: SearchSpace, row: dict[str, Any], probs: list
         writer.add_scalar("arch/multiplier", multiplier, epoch)
     fig = probability_figure(space, probs, f"epoch {epoch}")
     writer.add_figure("arch/probabilities", fig, epoch)
-    plt.close(fig)
+    pyplot().close(fig)

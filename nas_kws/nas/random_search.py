@@ -44,7 +44,7 @@ def random_search(cfg: SearchConfig, run_dir: str | Path, store=None,
         genotype = space.genotype(picks, len(classes), classes)
         net = RunDir(net_dir(run_dir, index))
         net.write_setup(to_dict(cfg), space.features, classes)
-        path = save_genotype(net.path / "genotype.yaml", genotype)
+        path = save_genotype(net.genotype_path, genotype)
         prof = profile_model(build_from_genotype(genotype))
         metrics = {"strategy": "random", "search_space": space.name, "index": index,
                    "picks": picks, "genotype": str(path),

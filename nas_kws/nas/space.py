@@ -22,11 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from nas_kws.features import FeatureConfig
-from nas_kws.models.genotype import (Shape, check_block, check_head, check_net_keys, check_stem,
-                                     describe_block, input_shape)
+from nas_kws.fileio import read_yaml
+from nas_kws.models.genotype import (
+    Shape,
+    check_block,
+    check_head,
+    check_net_keys,
+    check_stem,
+    describe_block,
+    input_shape,
+)
 from nas_kws.models.layers import make_divisible
 
 SPACES_DIR = Path(__file__).resolve().parent.parent.parent / "search_spaces"
@@ -111,10 +117,7 @@ def load_space(name_or_path: str | Path, width_mult: float = 1.0,
                features: dict[str, Any] | None = None) -> SearchSpace:
     """Read and validate a space; `features` overrides FeatureConfig keys (e.g. n_mfcc)."""
     path = space_path(name_or_path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML ({err})") from None
+    data = read_yaml(path, "search space file")
     return parse_space(data, str(path), width_mult, features or {})
 
 
