@@ -129,12 +129,14 @@ class Protocol:
         self.args = args
         self.out = Path(args.out)
         self.csv = Path(args.csv)
-        self.data = ["--set", f"data.synth_size={args.synth_size}"]
-        self.train_extra = self.data + (["--epochs", str(args.epochs)] if args.epochs else [])
-        self.search_extra = list(self.data)
+        self.train_extra = ["--epochs", str(args.epochs)] if args.epochs else []
+        self.search_extra = []
         if args.batch_size:
             self.train_extra += ["--batch_size", str(args.batch_size)]
             self.search_extra += ["--train_batch_size", str(args.batch_size)]
+        # last, as `--set` takes every value after it (the search's own --search_set follow)
+        self.train_extra += ["--set", f"data.synth_size={args.synth_size}"]
+        self.search_extra += ["--set", f"data.synth_size={args.synth_size}"]
         self.done = {row_key(r) for r in read_rows(self.csv)}
 
     def record(self, row: dict[str, Any]) -> None:
@@ -184,10 +186,9 @@ class Protocol:
                 if run.has_checkpoint("last"):
                     nas_kws(["search", "--path", str(path), "--resume", "--quiet"])
                 else:
-                    extra = ["--set", *self.args.search_set] if self.args.search_set else []
                     nas_kws(["search", "--path", str(path), "--manual_seed", str(seed), "--quiet",
-                             *s.search_flags(), *self.search_extra, *self.search_epochs(),
-                             *extra])
+                             *s.search_flags(), *self.search_epochs(), *self.search_extra,
+                             *self.args.search_set])
             search_seconds = round(run.read_metrics()["search_seconds"], 1)
             metrics = train(["--genotype", str(path / "genotype.yaml")], path / "retrain", seed,
                             self.train_extra)

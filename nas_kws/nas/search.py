@@ -33,8 +33,13 @@ from nas_kws.nas.arch_loss import BudgetMultiplier, arch_loss
 from nas_kws.nas.cost import MacsTable, macs_table
 from nas_kws.nas.derive import derive_picks
 from nas_kws.nas.evolution import Scored, evolve
-from nas_kws.nas.history import (SUMMARY_COLUMNS, history_columns, log_tensorboard,
-                                 position_names, write_history_csv)
+from nas_kws.nas.history import (
+    SUMMARY_COLUMNS,
+    history_columns,
+    log_tensorboard,
+    position_names,
+    write_history_csv,
+)
 from nas_kws.nas.sample import BandSampler
 from nas_kws.nas.search_config import SearchConfig, budget_band, open_space
 from nas_kws.nas.supernet import Supernet
@@ -77,7 +82,7 @@ class _Search:
         self.store = store if store is not None else open_dataset(cfg.data, progress=progress)
         self.classes = list(self.store.classes)
         seed_everything(self.t.seed)
-        self.supernet = Supernet(self.space, len(self.classes))
+        self.supernet = Supernet(self.space, len(self.classes), self.s.share_weights)
         self.table: MacsTable = macs_table(self.supernet)
         self.memory_format = (torch.channels_last if self.t.channels_last
                               else torch.contiguous_format)

@@ -10,8 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nas_kws.config import (AugmentConfig, DataConfig, TrainConfig, apply_overrides, from_dict,
-                            read_config_file)
+from nas_kws.config import (
+    AugmentConfig,
+    DataConfig,
+    TrainConfig,
+    apply_overrides,
+    from_dict,
+    read_config_file,
+)
 from nas_kws.nas.arch_loss import REG_LOSS_TYPES
 from nas_kws.nas.mixed_op import BINARY_MODES
 from nas_kws.nas.space import SearchSpace, load_space
@@ -38,6 +44,7 @@ class ArchSearchConfig:
     path_sampling: str = "position"       # weight-step paths before p is learned: position
     #                                       (uniform per position) | band (uniform over the
     #                                       budget band's nets; budget loss only)
+    share_weights: bool = False           # candidates of a family slice one set of conv weights
     evo_population: int = 16              # strategy evolution: nets per generation
     evo_generations: int = 6
     evo_parents: int = 6                  # best nets kept as parents
@@ -126,7 +133,8 @@ def _check(cfg: SearchConfig) -> None:
         (s.target_hardware in TARGETS, "target_hardware", f"one of {TARGETS}"),
         (s.flops_ref_value > 1, "flops_ref_value", "a MAC count > 1, e.g. 20e6"),
         (s.warmup_epochs >= 0, "warmup_epochs", ">= 0"),
-        (s.n_epochs >= 1, "n_epochs", ">= 1"),
+        (s.n_epochs >= (1 if s.strategy == "proxyless" else 0), "n_epochs",
+         ">= 1 (>= 0 for strategy evolution, whose warm-up trains the supernet)"),
         (s.grad_update_arch_param_every >= 1, "grad_update_arch_param_every", ">= 1"),
         (0 < s.arch_fraction < 1, "arch_fraction", "a fraction in (0, 1)"),
         (0 < s.budget_tolerance < 1, "budget_tolerance", "a fraction in (0, 1)"),

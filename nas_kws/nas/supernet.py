@@ -10,16 +10,23 @@ from torch import nn
 
 from nas_kws.models.genotype import KWSNet, build_block, build_head, build_stem
 from nas_kws.nas.mixed_op import MixedOp
+from nas_kws.nas.shared_weights import share_family_weights
 from nas_kws.nas.space import SearchSpace
 
 
 class Supernet(KWSNet):
-    def __init__(self, space: SearchSpace, num_classes: int = 12):
+    """`share_weights`: the candidates of a block family at a position slice one set of conv
+    weights (shared_weights.py) instead of holding their own."""
+
+    def __init__(self, space: SearchSpace, num_classes: int = 12, share_weights: bool = False):
         blocks = []
         for position in space.positions:
             channels = position.in_shape[0]
             if position.searchable:
-                blocks.append(MixedOp([build_block(c, channels) for c in position.choices]))
+                candidates = [build_block(c, channels) for c in position.choices]
+                if share_weights:
+                    share_family_weights(position.choices, candidates)
+                blocks.append(MixedOp(candidates))
             else:
                 blocks.append(build_block(position.choices[0], channels))
         super().__init__(build_stem(space.stem), blocks,
