@@ -25,6 +25,7 @@ import csv
 import fcntl
 import io
 import math
+import shutil
 import statistics
 import sys
 from dataclasses import dataclass
@@ -183,11 +184,15 @@ class Protocol:
             path = self.out / s.name / f"searched-{tag}" / f"seed{seed}"
             run = RunDir(path)
             if not run.metrics_path.is_file():
-                if run.has_checkpoint("last"):
+                started = run.has_checkpoint("last") or (path / "candidates").is_dir()
+                if started:
                     nas_kws(["search", "--path", str(path), "--resume", "--quiet"])
                 else:
+                    shutil.rmtree(path, ignore_errors=True)   # stopped before any progress
+                    config = ["--config", self.args.search_config] if self.args.search_config \
+                        else []
                     nas_kws(["search", "--path", str(path), "--manual_seed", str(seed), "--quiet",
-                             *s.search_flags(), *self.search_epochs(), *self.search_extra,
+                             *config, *s.search_flags(), *self.search_epochs(), *self.search_extra,
                              *self.args.search_set])
             search_seconds = round(run.read_metrics()["search_seconds"], 1)
             metrics = train(["--genotype", str(path / "genotype.yaml")], path / "retrain", seed,
@@ -336,6 +341,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tag", default="default", help="label of the searched rows")
     p.add_argument("--search_set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="search overrides for the searched rows (give them their own --tag)")
+    p.add_argument("--search_config", help="search config YAML for the searched rows")
     p.add_argument("--search_epochs", help="warm-up,search epochs (default: the search's)")
     p.add_argument("--synth_size", default="default")
     p.add_argument("--epochs", type=int, help="training epochs (default: the recipe's 30)")

@@ -90,7 +90,11 @@ def print_summary(metrics: dict[str, Any], run_dir: Path) -> None:
     print(f"MACs {metrics['derived_macs']:,} ({metrics['derived_macs'] / 1e6:.2f} M) against "
           f"flops_ref_value {ref / 1e6:.2f} M ({metrics['macs_vs_ref']:.2f}x); params "
           f"{metrics['derived_params']:,}")
-    print(f"derived path in the supernet: valid accuracy {metrics['supernet_valid_acc']:.4f}")
+    if metrics.get("supernet_valid_acc") is not None:
+        print(f"derived path in the supernet: valid accuracy {metrics['supernet_valid_acc']:.4f}")
+    else:
+        print(f"picked {metrics['picked']} after {metrics['trained_epochs']} training epochs: "
+              f"valid accuracy {metrics['best_valid_acc']:.4f}")
     print(f"genotype: {metrics['genotype']}\nretrain:  python run_exp.py --path {run_dir} --train")
 
 
@@ -114,6 +118,12 @@ def run_command(args: argparse.Namespace) -> int:
                                     f"{time.strftime('%Y%m%d-%H%M%S')}")
         if RunDir(run_dir).config_path.is_file():
             raise ValueError(f"{run_dir} already holds a run; use --resume or another --path")
+    if cfg.search.strategy == "halving":
+        from nas_kws.nas.halving import successive_halving
+
+        metrics = successive_halving(cfg, run_dir, progress=not args.quiet)
+        print_summary(metrics, run_dir)
+        return 0
     if cfg.search.strategy == "random":
         from nas_kws.nas.random_search import random_search
 

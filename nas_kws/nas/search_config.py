@@ -23,7 +23,7 @@ from nas_kws.nas.mixed_op import BINARY_MODES
 from nas_kws.nas.space import SearchSpace, load_space
 
 TARGETS = ("flops", "none")
-STRATEGIES = ("proxyless", "evolution", "random")
+STRATEGIES = ("proxyless", "evolution", "halving", "random")
 PATH_SAMPLING = ("band", "position")
 
 
@@ -32,6 +32,7 @@ class ArchSearchConfig:
     """The `search:` section; keys are Peter et al.'s flag names where they have one."""
     # proxyless: gradient steps on the architecture (Peter et al.); evolution: train the
     # supernet on the band's nets, then evolve nets scored by supernet validation accuracy;
+    # halving: successive halving of nets drawn from the band, each trained alone (halving.py);
     # random: the baseline, nets drawn uniformly from the band
     strategy: str = "proxyless"
     n_random: int = 5                     # strategy random: how many nets to draw
@@ -49,6 +50,9 @@ class ArchSearchConfig:
     evo_generations: int = 6
     evo_parents: int = 6                  # best nets kept as parents
     evo_mutation_rate: float = 0.15       # per position
+    halving_nets: int = 18                # strategy halving: nets of the first rung
+    halving_epochs: list = field(default_factory=lambda: [3, 8, 16])   # epochs per rung
+    halving_eta: int = 3                  # each rung keeps the best 1/eta
     arch_lr: float = 0.02
     arch_adam_beta1: float = 0.0
     arch_adam_beta2: float = 0.999
@@ -113,7 +117,8 @@ def load_search_config(path: str | Path | None = None, overrides: dict[str, Any]
     cfg = from_dict(SearchConfig, merged, where)
     _check(cfg)
     s = cfg.search
-    cfg.train.epochs, cfg.train.warmup_epochs = s.warmup_epochs + s.n_epochs, 0
+    if s.strategy != "halving":   # halving trains each net with train's own schedule
+        cfg.train.epochs, cfg.train.warmup_epochs = s.warmup_epochs + s.n_epochs, 0
     return cfg
 
 
@@ -128,6 +133,11 @@ def _check(cfg: SearchConfig) -> None:
          f"more than evo_parents ({s.evo_parents}, itself >= 2)"),
         (s.evo_generations >= 0, "evo_generations", ">= 0"),
         (0 < s.evo_mutation_rate <= 1, "evo_mutation_rate", "a fraction in (0, 1]"),
+        (s.halving_nets >= 1, "halving_nets", ">= 1"),
+        (bool(s.halving_epochs) and all(isinstance(e, int) and not isinstance(e, bool) and e >= 1
+                                        for e in s.halving_epochs), "halving_epochs",
+         "a non-empty list of epoch counts >= 1, e.g. [3, 8, 16]"),
+        (s.halving_eta >= 2, "halving_eta", ">= 2"),
         (s.grad_binary_mode in BINARY_MODES, "grad_binary_mode", f"one of {BINARY_MODES}"),
         (s.grad_reg_loss_type in REG_LOSS_TYPES, "grad_reg_loss_type", f"one of {REG_LOSS_TYPES}"),
         (s.target_hardware in TARGETS, "target_hardware", f"one of {TARGETS}"),
