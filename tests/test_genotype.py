@@ -16,6 +16,7 @@ from nas_kws.models.genotype import (
 from nas_kws.models.layers import make_divisible
 from nas_kws.models.mbconv import MBConv
 from nas_kws.models.proxyless_kws import proxyless_genotype
+from nas_kws.nas.space import load_space
 from nas_kws.profiling import profile_model
 
 
@@ -96,12 +97,18 @@ def test_mbconv_structure():
 
 def test_peter_backbone_widths_and_registered_models():
     assert [make_divisible(72 * w) for w in (0.75, 1, 1.25)] == [56, 72, 88]
-    assert make_divisible(144 * 1.25) == 184
     assert {"proxyless_kws_w0.75", "proxyless_kws_w1", "proxyless_kws_w1.25"} <= set(list_models())
     model = create_model("proxyless_kws_w1.25", num_classes=12)
     assert model.feature_config.shape == (10, 51)
-    assert model.stem[0].out_channels == 88 and model.head[-1].in_features == 184
+    assert model.stem[0].out_channels == 88 and model.head[-1].in_features == 176   # 2C
     assert len(model.blocks) == 12 and not model.blocks[0].shortcut and model.blocks[1].shortcut
+    # their head is exactly 2C: 144 * 1.25 rounded up to 184 would add 8 channels of 1x1 conv
+    # (88 in), BN and classifier (12 out), i.e. 816 parameters and 45,856 MACs
+    wide = create_model("proxyless_kws_w1.25")
+    assert profile_model(wide).params == 623_844 and profile_model(wide).macs == 44_892_672
+    for width_mult, cells in ((0.75, 56), (1, 72), (1.25, 88)):
+        space = load_space("proxyless_kws", width_mult)
+        assert space.stem["out_channels"] == cells and space.head["channels"] == 2 * cells
 
 
 def _set(genotype: dict, path: tuple, value) -> dict:

@@ -87,7 +87,7 @@ def test_bcresnet_space_holds_bcresnet2_exactly():
 
 def test_width_mult_and_features_override():
     space = load_space("proxyless_kws", width_mult=1.25, features={"n_mfcc": 20})
-    assert space.stem["out_channels"] == 88 and space.head["channels"] == 184
+    assert space.stem["out_channels"] == 88 and space.head["channels"] == 176
     assert space.positions[0].in_shape == (88, 20, 26)
     widths = {c["out_channels"] for p in space.positions for c in p.choices if "out_channels" in c}
     assert widths == {88}

@@ -81,8 +81,8 @@ def successive_halving(cfg: SearchConfig, run_dir: str | Path, store=None,
         alive = alive[:size]
         scores = {}
         for i in alive:
-            metrics = train_candidate(cfg, paths[i], RunDir(run.path / f"rung{rung}" / f"net{i:02d}"),
-                                      epochs, store, len(classes))
+            net_run = RunDir(run.path / f"rung{rung}" / f"net{i:02d}")
+            metrics = train_candidate(cfg, paths[i], net_run, epochs, store, len(classes))
             scores[i] = metrics["best_valid_acc"]
             rows.append({"rung": rung, "epochs": epochs, "net": f"net{i:02d}",
                          "macs": table.of(nets[i]), "valid_acc": scores[i],

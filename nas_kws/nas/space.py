@@ -152,7 +152,7 @@ def parse_space(data: Any, where: str, width_mult: float = 1.0,
             position = _check_position(len(positions), at, scaled, shape)
             positions.append(position)
             shape = position.out_shape
-    head = check_head(scale(data["head"], "channels"), f"{where}: head")
+    head = check_head(_head_channels(data["head"], shape, scale), f"{where}: head")
     return SearchSpace(str(data.get("name", Path(where).stem)), where, feature_config, stem,
                        positions, head)
 
@@ -211,3 +211,16 @@ def _check_position(index: int, where: str, raw: list[Any], in_shape: Shape) -> 
         out_shape = shape
         choices.append(block)
     return Position(index, where, in_shape, out_shape, choices)
+
+
+def _head_channels(head: Any, in_shape: Shape, scale: Any) -> Any:
+    """`channels_mult: k` makes the head k x the channels entering it at every width (Peter et
+    al.'s head is exactly 2C); plain `channels` scale with the width like the blocks."""
+    if not isinstance(head, dict) or "channels_mult" not in head:
+        return scale(head, "channels")
+    mult = head["channels_mult"]
+    if not isinstance(mult, int) or isinstance(mult, bool) or mult < 1 or "channels" in head:
+        raise ValueError(f"head.channels_mult: expected an integer >= 1 instead of 'channels', "
+                         f"got {mult!r}")
+    rest = {k: v for k, v in head.items() if k != "channels_mult"}
+    return {**rest, "channels": mult * in_shape[0]}
