@@ -2,9 +2,10 @@
 
 They search MBConv cells on MFCC input: stem conv (5, 11) with time stride 2, twelve cells of
 C = 72 * width_mult channels rounded to a multiple of 8 (the first strided), a 1x1 conv to
-exactly 2C (their nets at x1.25: C 88, head 176), average pooling and a linear classifier. The registered `proxyless_kws_w*` models fix every cell to one MBConv
-choice (k3 e3 unless `kernel`/`expand` say otherwise) on 10 MFCC x 51 frames, and are built from
-a genotype, so they are the same KWSNet a search derives."""
+exactly 2C (their nets at x1.25: C 88, head 176), average pooling and a linear classifier.
+The registered `proxyless_kws_w*` models fix every cell to one MBConv choice (k3 e3 unless
+`kernel`/`expand` say otherwise) on 10 MFCC x 51 frames, and are built from a genotype, so they
+are the same KWSNet a search derives."""
 from __future__ import annotations
 
 from typing import Any
