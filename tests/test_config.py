@@ -42,7 +42,7 @@ def test_experiment_files_load():
 
     paths = sorted(Path(__file__).parent.parent.glob("experiments/*.yaml"))
     searches = [p for p in paths if "search" in (yaml.safe_load(p.read_text()) or {})]
-    assert [p.name for p in searches] == ["demo_search.yaml"]
+    assert [p.name for p in searches] == ["demo_search.yaml", "search_halving.yaml"]
     for path in paths:
         if path in searches:
             load_search_config(path)
