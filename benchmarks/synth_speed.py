@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nas_kws.data import espeak, synth
+from nas_kws.data import espeak, synth, synth_audio
 
 GOAL_CLIPS_PER_MINUTE = 3000
 
@@ -23,7 +23,7 @@ def espeak_ms_per_word(repeats: int = 3) -> tuple[float, float]:
     tts = espeak.get_espeak()
     tts.synthesize("warm up", "en")
     calls = [(word, accent) for _ in range(repeats) for word in synth.WORDS
-             for accent in synth.ACCENTS]
+             for accent in synth_audio.ACCENTS]
     wall, cpu = time.perf_counter(), time.process_time()
     for word, accent in calls:
         tts.synthesize(word, accent)
@@ -34,12 +34,12 @@ def espeak_ms_per_word(repeats: int = 3) -> tuple[float, float]:
 def render_ms_per_clip(clips: int = 300) -> tuple[float, float]:
     """(wall, CPU) milliseconds per finished clip (synthesis, effects, noise), without file
     I/O."""
-    bank = synth.make_babble(0, 0, 5)
+    bank = synth_audio.make_babble(0, 0, 5)
     speakers = synth.make_speakers(0, 10)
     jobs = [(s, w, word) for s in speakers for w, word in enumerate(synth.WORDS)][:clips]
     wall, cpu = time.perf_counter(), time.process_time()
     for s, w, word in jobs:
-        synth.render_clip(s, word, np.random.default_rng([0, s.index, w]), bank)
+        synth_audio.render_clip(s, word, np.random.default_rng([0, s.index, w]), bank)
     return ((time.perf_counter() - wall) / len(jobs) * 1e3,
             (time.process_time() - cpu) / len(jobs) * 1e3)
 

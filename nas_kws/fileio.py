@@ -60,23 +60,24 @@ def write_csv(path: str | os.PathLike, columns: list[str], rows: Iterable[dict[s
     return write_text(path, buffer.getvalue())
 
 
-def read_json(path: str | os.PathLike, what: str = "file") -> Any:
-    """The parsed JSON of `path`; a missing `what` or invalid JSON is an error naming the path."""
+def _read(path: str | os.PathLike, what: str, parse: Callable[[str], Any],
+          error: type[Exception], fmt: str) -> Any:
+    """`parse` of the text of `path`; a missing `what` or an `error` while parsing is an error
+    naming the path."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: {what} not found")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
+        return parse(path.read_text())
+    except error as err:
+        raise ValueError(f"{path}: not valid {fmt} ({err})") from None
+
+
+def read_json(path: str | os.PathLike, what: str = "file") -> Any:
+    """The parsed JSON of `path`; a missing `what` or invalid JSON is an error naming the path."""
+    return _read(path, what, json.loads, json.JSONDecodeError, "JSON")
 
 
 def read_yaml(path: str | os.PathLike, what: str = "file") -> Any:
     """The parsed YAML of `path`; a missing `what` or invalid YAML is an error naming the path."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: {what} not found")
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML ({err})") from None
+    return _read(path, what, yaml.safe_load, yaml.YAMLError, "YAML")

@@ -33,6 +33,13 @@ def latency_path(onnx: str | os.PathLike) -> Path:
     return Path(onnx).with_suffix(".latency.json")
 
 
+def _file(*parts: str) -> property:
+    """A read-only attribute: the path `parts` inside the folder `self.path`."""
+    def path(self: ExportDir | RunDir) -> Path:
+        return self.path.joinpath(*parts)
+    return property(path, doc=f"{'/'.join(parts)} in the folder")
+
+
 class ExportDir:
     """A folder of ONNX exports (a run's export/, or `nas-kws export --out`)."""
 
@@ -43,9 +50,7 @@ class ExportDir:
         """model_<kind>.onnx, kind fp32 or int8."""
         return self.path / f"model_{kind}.onnx"
 
-    @property
-    def summary_path(self) -> Path:
-        return self.path / "export.json"
+    summary_path = _file("export.json")
 
 
 class RunDir:
@@ -54,41 +59,15 @@ class RunDir:
 
     # --- the files -------------------------------------------------------------------------
 
-    @property
-    def config_path(self) -> Path:
-        return self.path / "config.yaml"
-
-    @property
-    def features_path(self) -> Path:
-        return self.path / "features.yaml"
-
-    @property
-    def classes_path(self) -> Path:
-        return self.path / "classes.txt"
-
-    @property
-    def metrics_path(self) -> Path:
-        return self.path / "metrics.json"
-
-    @property
-    def tb_dir(self) -> Path:
-        return self.path / "tb"
-
-    @property
-    def genotype_path(self) -> Path:
-        return self.path / "genotype.yaml"
-
-    @property
-    def history_path(self) -> Path:
-        return self.path / "arch_history.csv"
-
-    @property
-    def ptq_path(self) -> Path:
-        return self.path / "quant" / "ptq.json"
-
-    @property
-    def svd_summary_path(self) -> Path:
-        return self.path / "svd.json"
+    config_path = _file("config.yaml")
+    features_path = _file("features.yaml")
+    classes_path = _file("classes.txt")
+    metrics_path = _file("metrics.json")
+    tb_dir = _file("tb")
+    genotype_path = _file("genotype.yaml")
+    history_path = _file("arch_history.csv")
+    ptq_path = _file("quant", "ptq.json")
+    svd_summary_path = _file("svd.json")
 
     def checkpoint_path(self, name: str) -> Path:
         return self.path / "checkpoints" / f"{name}.pt"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from nas_kws.data import espeak, noise, synth
+from nas_kws.data import espeak, noise, synth, synth_audio
 from nas_kws.data.index import NOISE_DIR
 
 SIZE = synth.SYNTH_SIZES["tiny"]
@@ -133,7 +133,7 @@ def test_clips_are_audible_and_all_different(built):
 
 def test_every_accent_speaks_and_unknown_voices_are_rejected():
     tts = espeak.get_espeak()
-    for accent in synth.ACCENTS:
+    for accent in synth_audio.ACCENTS:
         speech = tts.synthesize("yes", accent)
         assert speech.dtype == np.int16 and len(speech) > 0.2 * espeak.SAMPLE_RATE, accent
     assert len(tts.synthesize("yes", "en-us+f3", rate=300, pitch=80)) > 0
@@ -149,7 +149,7 @@ def test_resample_keeps_tones_below_the_new_nyquist_and_removes_those_above():
     t = np.arange(espeak.SAMPLE_RATE) / espeak.SAMPLE_RATE
     for freq, kept in ((1000.0, True), (9000.0, False)):
         wave = np.sin(2 * np.pi * freq * t).astype(np.float32)
-        y = synth.resample(wave, espeak.SAMPLE_RATE, 16000)
+        y = synth_audio.resample(wave, espeak.SAMPLE_RATE, 16000)
         assert len(y) == 16000
         rms = np.sqrt(np.mean(y ** 2))
         if kept:

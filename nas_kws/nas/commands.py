@@ -39,6 +39,17 @@ FLAG_KEYS = {  # flag -> config key (Peter et al.'s flag names where they exist)
     "dataset": "data.dataset", "data_root": "data.root", "n_mfcc": "features.n_mfcc",
 }
 
+# the flags that take one number, in --help order: (flag, type, help; None where the name says it)
+NUMBER_FLAGS: tuple[tuple[str, type, str | None], ...] = (
+    ("grad_reg_loss_alpha", float, None), ("grad_reg_loss_beta", float, None),
+    ("grad_reg_loss_lambda", float, None),
+    ("budget_tolerance", float, "budget mode: +- fraction (0.1)"),
+    ("arch_lr", float, None), ("warmup_epochs", int, None), ("n_epochs", int, None),
+    ("grad_update_arch_param_every", int, None),
+    ("init_lr", float, "weight lr of the search epochs"),
+    ("train_batch_size", int, None), ("manual_seed", int, None),
+)
+
 
 def add_search_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--path", help="run directory (default runs/search-<space>-<time>)")
@@ -61,18 +72,9 @@ def add_search_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grad_reg_loss_type", choices=REG_LOSS_TYPES,
                    help="budget (default: land within +-budget_tolerance of flops_ref_value), "
                         "mul#log or add#linear (Peter et al.)")
-    p.add_argument("--grad_reg_loss_alpha", type=float)
-    p.add_argument("--grad_reg_loss_beta", type=float)
-    p.add_argument("--grad_reg_loss_lambda", type=float)
-    p.add_argument("--budget_tolerance", type=float, help="budget mode: +- fraction (0.1)")
-    p.add_argument("--arch_lr", type=float)
-    p.add_argument("--warmup_epochs", type=int)
-    p.add_argument("--n_epochs", type=int)
-    p.add_argument("--grad_update_arch_param_every", type=int)
     p.add_argument("--grad_binary_mode", choices=BINARY_MODES)
-    p.add_argument("--init_lr", type=float, help="weight lr of the search epochs")
-    p.add_argument("--train_batch_size", type=int)
-    p.add_argument("--manual_seed", type=int)
+    for flag, kind, text in NUMBER_FLAGS:
+        p.add_argument(f"--{flag}", type=kind, help=text)
     p.add_argument("--device", help="auto (CUDA when present), cpu, cuda")
     add_set_flag(p, "train.max_steps_per_epoch=10")
     add_quiet_flag(p)
