@@ -64,6 +64,11 @@ def steps_per_epoch(n_batches: int, cfg: TrainConfig) -> int:
     return min(cfg.max_steps_per_epoch, n_batches) if cfg.max_steps_per_epoch else n_batches
 
 
+def stops_after(epoch: int, stop_after_epoch: int | None, total: int) -> bool:
+    """A time-boxed job ends after `epoch` (its checkpoint written) when epochs remain."""
+    return stop_after_epoch is not None and epoch >= stop_after_epoch and epoch + 1 < total
+
+
 def train_step(model: nn.Module, feats: torch.Tensor, labels: torch.Tensor,
                optimizer: torch.optim.Optimizer, cfg: TrainConfig, where: str,
                scaler: torch.amp.GradScaler | None = None,
@@ -196,7 +201,7 @@ def fit(model: nn.Module, cfg: ExperimentConfig, run_dir: str | Path, resume: bo
             best_acc = valid.accuracy
             run.save_checkpoint("best", checkpoint(epoch))
         run.save_checkpoint("last", checkpoint(epoch))
-        if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch + 1 < t.epochs:
+        if stops_after(epoch, stop_after_epoch, t.epochs):
             writer.close()
             return {"stopped_after_epoch": epoch}
 

@@ -7,7 +7,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from nas_kws.fileio import write_csv
 from nas_kws.nas.space import SearchSpace
 from nas_kws.plots import pyplot
 
@@ -29,8 +28,6 @@ def history_columns(space: SearchSpace) -> list[str]:
     return cols
 
 
-# arch_history.csv is a plain CSV: fileio.write_csv, under the name nas.search imports
-write_history_csv = write_csv
 
 
 def probability_figure(space: SearchSpace, probs: list[torch.Tensor], title: str):

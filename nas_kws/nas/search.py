@@ -38,13 +38,12 @@ from nas_kws.nas.history import (
     history_columns,
     log_tensorboard,
     position_names,
-    write_history_csv,
 )
 from nas_kws.nas.sample import BandSampler
 from nas_kws.nas.search_config import SearchConfig, budget_band, open_space
 from nas_kws.nas.supernet import Supernet
 from nas_kws.runs import RunDir
-from nas_kws.train import build_optimizer, lr_factor, steps_per_epoch, train_step
+from nas_kws.train import build_optimizer, lr_factor, steps_per_epoch, stops_after, train_step
 
 RECALIBRATION_BATCHES = 4    # held-out batches that re-estimate BN statistics of the derived path
 
@@ -281,8 +280,8 @@ class _Search:
             row[f"{name}:entropy"] = h
             row.update({f"{name}:{label}": float(v) for label, v in zip(position.labels, p)})
         self.history.append(row)
-        write_history_csv(self.run.path / "arch_history.csv", self.columns, self.history)
-        save_genotype(self.run.path / "genotype.yaml",
+        write_csv(self.run.history_path, self.columns, self.history)
+        save_genotype(self.run.genotype_path,
                       self.space.genotype(picks, len(self.classes), self.classes))
         log_tensorboard(self.writer, self.space, row, probs, entropies, self.s.flops_ref_value,
                         self.budget.value if self.budget else None)
@@ -296,7 +295,7 @@ class _Search:
         picks = self.evolve() if self.s.strategy == "evolution" else self.picks()
         seconds = sum(r["seconds"] for r in self.history) + time.time() - started
         genotype = self.space.genotype(picks, len(self.classes), self.classes)
-        path = save_genotype(self.run.path / "genotype.yaml", genotype)
+        path = save_genotype(self.run.genotype_path, genotype)
         derived = profile_model(build_from_genotype(genotype))
         ref = self.s.flops_ref_value
         return {
@@ -338,7 +337,7 @@ def search(cfg: SearchConfig, run_dir: str | Path, resume: bool = False, store=N
         for epoch in tqdm(range(job.start_epoch, total), desc="search", disable=not progress,
                           initial=job.start_epoch, total=total):
             job.run_epoch(epoch)
-            if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch + 1 < total:
+            if stops_after(epoch, stop_after_epoch, total):
                 return {"stopped_after_epoch": epoch}
         metrics = job.finish()
     finally:
