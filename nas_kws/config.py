@@ -10,7 +10,7 @@ import typing
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 
@@ -66,6 +66,12 @@ class TrainConfig:
     max_steps_per_epoch: int = 0   # 0 = the whole training split
     select_start: bool = False     # fine-tuning: the starting weights compete for `best` (epoch -1)
 
+    # Checked when read (`from_dict`), so a run that could only fail or train on nothing is
+    # refused before its run directory exists.
+    MINIMUMS: ClassVar[dict[str, int]] = {"epochs": 1, "batch_size": 1, "seeds": 1,
+                                          "eval_batch_size": 1, "warmup_epochs": 0,
+                                          "max_steps_per_epoch": 0}
+
 
 @dataclass
 class ExperimentConfig:
@@ -111,8 +117,15 @@ def check_keys(data: Iterable[str], valid: Iterable[str], where: str) -> None:
         raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys: {valid}")
 
 
+def check_at_least(value: int, low: int, name: str) -> None:
+    """Refuse a count below `low`, naming it (`name` is a config key or a flag)."""
+    if value < low:
+        raise ValueError(f"{name}: expected >= {low}, got {value!r}")
+
+
 def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config") -> T:
-    """Build a (nested) config dataclass from a mapping; unknown keys are errors."""
+    """Build a (nested) config dataclass from a mapping; unknown keys and values below a class's
+    `MINIMUMS` are errors."""
     data = data or {}
     if not isinstance(data, dict):
         raise ValueError(f"{where}: expected a mapping, got {data!r}")
@@ -124,7 +137,10 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config") 
         key = f"{where}.{name}"
         kwargs[name] = (from_dict(tp, value, key) if _is_dataclass_type(tp)
                         else _coerce(value, tp, key))
-    return cls(**kwargs)
+    obj = cls(**kwargs)
+    for name, low in getattr(cls, "MINIMUMS", {}).items():
+        check_at_least(getattr(obj, name), low, f"{where}.{name}")
+    return obj
 
 
 def to_dict(config: Any) -> dict[str, Any]:

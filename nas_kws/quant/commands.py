@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nas_kws.cliflags import add_quiet_flag, add_set_flag, overrides_from_args
+from nas_kws.config import check_at_least
 from nas_kws.fileio import read_json, write_json
 from nas_kws.runs import RunDir
 
@@ -46,15 +47,16 @@ def load_float(run_dir: str, what: str):
 
 
 def finetune_config(run_dir: str | os.PathLike, args: argparse.Namespace,
-                    defaults: dict[str, Any] | None = None):
+                    defaults: dict[str, Any] | None = None,
+                    flag_keys: dict[str, str] = FINETUNE_FLAGS):
     """The parent's experiment with a short, low-lr schedule for fine-tuning a derived net, whose
     starting weights compete for the best checkpoint; `defaults` sit between the parent's values
-    and the command line's."""
+    and those of the command line's `flag_keys`."""
     from nas_kws.config import ExperimentConfig, apply_overrides, from_dict, to_dict
 
     run = RunDir(run_dir)
     overrides = {"train.select_start": True, "train.warmup_epochs": 0, "train.seeds": 1,
-                 **(defaults or {}), **overrides_from_args(args, FINETUNE_FLAGS)}
+                 **(defaults or {}), **overrides_from_args(args, flag_keys)}
     return from_dict(ExperimentConfig, apply_overrides(to_dict(run.experiment()), overrides),
                      str(run.config_path))
 
@@ -110,6 +112,8 @@ def cmd_qat(args: argparse.Namespace) -> int:
     from nas_kws.rebuild import open_run_data
     from nas_kws.train import fit
 
+    check_at_least(args.calib_clips, 1, "--calib_clips")
+    check_at_least(args.epochs, 1, "--epochs")
     model, features, classes = load_float(args.run_dir, "quantization")
     spec = _quant_spec(args)
     cfg = finetune_config(args.run_dir, args, QAT_TRAIN)
@@ -145,8 +149,12 @@ def cmd_svd(args: argparse.Namespace) -> int:
     if not 0 < args.target_macs_ratio < 1:
         raise ValueError(f"--target_macs_ratio: expected a fraction in (0, 1), got "
                          f"{args.target_macs_ratio}")
+    check_at_least(args.calib_clips, 1, "--calib_clips")
+    check_at_least(args.epochs, 0, "--epochs")
     model, features, classes = load_float(args.run_dir, "SVD compression")
-    cfg = finetune_config(args.run_dir, args)
+    # --epochs 0 (no fine-tuning) leaves the parent's epochs in the derived run's config
+    cfg = finetune_config(args.run_dir, args,
+                          flag_keys=FINETUNE_FLAGS if args.epochs else {"lr": "train.lr"})
     store = open_run_data(args.run_dir, classes)
     calib, calib_labels = split_features(store, features, "valid", limit=args.calib_clips)
     test, test_labels = split_features(store, features, "test")

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nas_kws.config import check_at_least
 from nas_kws.fileio import write_json
 from nas_kws.runs import ExportDir, RunDir, latency_path
 
@@ -30,6 +31,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from nas_kws.quant.qat import QuantSpec
     from nas_kws.rebuild import load_model, open_run_data
 
+    check_at_least(args.calib_clips, 1, "--calib_clips")
     model, features, classes = load_model(args.run_dir)
     out = ExportDir(args.out) if args.out else RunDir(args.run_dir).export
     store = open_run_data(args.run_dir, classes)
