@@ -77,8 +77,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     store = open_run_data(run.path, classes, root=args.data_root, progress=True)
     device = pick_device(args.device)
     arrays = store.split(args.split)
-    result = evaluate(model.to(device), Frontend(features).to(device),
-                      BatchLoader(arrays.audio, arrays.labels, 500), device, len(classes))
+    loader = BatchLoader(arrays.audio, arrays.labels, 500, split=args.split)
+    result = evaluate(model.to(device), Frontend(features).to(device), loader, device,
+                      len(classes))
     print(f"{args.split} accuracy ({args.which} checkpoint): {result.accuracy:.4f} "
           f"on {len(arrays.labels)} clips")
     for name, acc in zip(classes, result.per_class):

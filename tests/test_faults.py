@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,18 @@ def test_derived_runs_refuse_bad_counts_up_front(trained_run, capsys, argv, need
     argv = [str(trained_run) if a == "RUN" else a for a in argv]
     fails_in_one_line(capsys, argv, needle, watch=trained_run)
     assert not (trained_run / "quant").exists() and not (trained_run / "compress").exists()
+
+
+# --- defect 10: an empty split is named, with why --------------------------------------------
+
+def test_an_empty_split_is_named_with_why(tone_root, tmp_path, capsys):
+    root = tmp_path / "data"
+    for split in ("training", "testing"):
+        shutil.copytree(tone_root / split, root / split)
+    for name in ("low", "mid", "high", "sweep"):  # every validation clip undecodable
+        (root / "validation" / name).mkdir(parents=True)
+        (root / "validation" / name / "bad.wav").write_bytes(b"not audio at all")
+    with pytest.warns(UserWarning, match="skipped 4 unreadable"):
+        fails_in_one_line(capsys, tone_train_args(root, tmp_path / "new", "--epochs", "1"),
+                          "the valid split has no clips", "skipped as unreadable", watch=tmp_path)
+    assert not (tmp_path / "new").exists()

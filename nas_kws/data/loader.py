@@ -52,18 +52,21 @@ def open_dataset(cfg: DataConfig, progress: bool = True):
 
 
 class BatchLoader:
-    """Batches of (float waveforms in [-1, 1], labels) from packed int16 arrays."""
+    """Batches of (float waveforms in [-1, 1], labels) from packed int16 arrays; `split` names
+    them in errors."""
 
     def __init__(self, audio: np.ndarray, labels: np.ndarray, batch_size: int,
                  shuffle: bool = False, seed: int = 0, balanced: bool = False,
-                 drop_last: bool = False, indices: np.ndarray | None = None):
+                 drop_last: bool = False, indices: np.ndarray | None = None,
+                 split: str = "given"):
         if batch_size < 1:
             raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
         self.audio = audio
         self.labels = np.asarray(labels, dtype=np.int64)
         self.indices = np.arange(len(self.labels)) if indices is None else np.asarray(indices)
         if len(self.indices) == 0:
-            raise ValueError("BatchLoader: the split is empty")
+            raise ValueError(f"the {split} split has no clips: the dataset lists none for it, "
+                             "or every one was skipped as unreadable")
         self.batch_size = batch_size
         self.shuffle = shuffle or balanced
         self.balanced = balanced

@@ -37,12 +37,13 @@ class Pipeline:
         # a split smaller than one batch trains on that partial batch rather than on nothing
         self.train_loader = BatchLoader(train.audio, train.labels, t.batch_size, shuffle=True,
                                         seed=t.seed, balanced=t.balanced,
-                                        drop_last=len(train.labels) >= t.batch_size)
+                                        drop_last=len(train.labels) >= t.batch_size,
+                                        split="train")
         self.seed = t.seed
 
     def loader(self, split: str, batch_size: int) -> BatchLoader:
         arrays = self.store.split(split)
-        return BatchLoader(arrays.audio, arrays.labels, batch_size)
+        return BatchLoader(arrays.audio, arrays.labels, batch_size, split=split)
 
     def generator(self, epoch: int) -> torch.Generator:
         """Augmentation randomness as a function of (seed, epoch): nothing to checkpoint."""

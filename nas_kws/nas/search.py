@@ -107,9 +107,10 @@ class _Search:
                                               self.t.batch_size, self.t.seed)
         self.weight_loader = BatchLoader(train.audio, train.labels, self.t.batch_size,
                                          shuffle=True, seed=self.t.seed, drop_last=True,
-                                         indices=weight_idx)
+                                         indices=weight_idx, split="train (weight steps)")
         self.arch_loader = BatchLoader(train.audio, train.labels, self.t.batch_size,
-                                       shuffle=True, seed=self.t.seed + 1, indices=arch_idx)
+                                       shuffle=True, seed=self.t.seed + 1, indices=arch_idx,
+                                       split="train (architecture steps)")
         self.valid_loader = self.pipe.loader("valid", self.t.eval_batch_size)
         self.steps = steps_per_epoch(len(self.weight_loader), self.t)
         self.weight_opt = build_optimizer(self.supernet.weight_parameters(), self.t)

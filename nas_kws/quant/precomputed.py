@@ -21,7 +21,8 @@ def split_features(store, features: FeatureConfig, split: str, limit: int | None
         indices = np.sort(np.random.default_rng(seed).choice(indices, limit, replace=False))
     frontend = Frontend(features)
     feats, labels = [], []
-    for waves, y in BatchLoader(arrays.audio, arrays.labels, 250, indices=indices):
+    for waves, y in BatchLoader(arrays.audio, arrays.labels, 250, indices=indices,
+                                  split=split):
         feats.append(frontend(waves))
         labels.append(y)
     return torch.cat(feats), torch.cat(labels)
