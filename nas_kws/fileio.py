@@ -23,14 +23,18 @@ def cache_dir() -> Path:
     return path
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp)` on a temp file next to `path`, then rename it over `path`."""
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None],
+                 keep: str | os.PathLike | None = None) -> Path:
+    """Call `write(tmp)` on a temp file next to `path`, then rename it over `path`; with `keep`,
+    the file it replaces is first renamed to `keep` (a fallback should the new one go bad)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
+        if keep is not None and path.exists():
+            os.replace(path, keep)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

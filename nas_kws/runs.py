@@ -2,6 +2,7 @@
 
     config.yaml, features.yaml, classes.txt     the setup (`write_setup`)
     checkpoints/{last,best}.pt                  atomic checkpoints
+    checkpoints/{last,best}.prev.pt             the ones they replaced: `--resume`'s fallback
     metrics.json, tb/                           results (written last: a finished run) and logs
     confusion_<split>[_<which>].png             confusion matrices
     genotype.yaml, arch_history.csv             a search: the derived net and its per-epoch log
@@ -18,14 +19,34 @@ Every sub-run (retrain/, seed<N>/, quant/..., compress/...) is a run directory i
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from nas_kws.config import ExperimentConfig, from_dict
+from nas_kws.errors import NasKwsError
 from nas_kws.features import FeatureConfig
 from nas_kws.fileio import atomic_write, read_json, read_yaml, write_json, write_text, write_yaml
+
+
+class CorruptCheckpointError(NasKwsError):
+    """A checkpoint file that exists but cannot be read (truncated, empty, garbage)."""
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    """The state in `path`; any failure to unpickle a file that exists means its bytes are bad
+    (torch raises RuntimeError, EOFError, OSError or UnpicklingError depending on where)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - see the docstring
+        raise CorruptCheckpointError(f"{path}: corrupt checkpoint, cannot be read "
+                                     f"({type(err).__name__}: {err})") from None
+    if not isinstance(state, dict):
+        raise CorruptCheckpointError(f"{path}: corrupt checkpoint, holds a "
+                                     f"{type(state).__name__}, not a state mapping")
+    return state
 
 
 def latency_path(onnx: str | os.PathLike) -> Path:
@@ -111,6 +132,11 @@ class RunDir:
     def has_checkpoint(self, name: str = "last") -> bool:
         return self.checkpoint_path(name).is_file()
 
+    @property
+    def can_resume(self) -> bool:
+        """A `last` checkpoint, or the one before it, is there to continue from."""
+        return self.has_checkpoint("last") or self.has_checkpoint("last.prev")
+
     def write_setup(self, config: dict[str, Any], features: FeatureConfig,
                     classes: list[str]) -> None:
         write_yaml(self.config_path, config)
@@ -127,13 +153,33 @@ class RunDir:
         return from_dict(ExperimentConfig, self.read_config(), str(self.config_path))
 
     def save_checkpoint(self, name: str, state: dict[str, Any]) -> Path:
-        return atomic_write(self.checkpoint_path(name), lambda tmp: torch.save(state, tmp))
+        """Atomic; the checkpoint it replaces stays as `<name>.prev.pt`."""
+        return atomic_write(self.checkpoint_path(name), lambda tmp: torch.save(state, tmp),
+                            keep=self.checkpoint_path(f"{name}.prev"))
 
     def load_checkpoint(self, name: str = "last") -> dict[str, Any]:
+        """A missing or unreadable checkpoint is an error naming the file."""
         path = self.checkpoint_path(name)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no checkpoint '{name}' in run {self.path}")
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return _read_checkpoint(path)
+
+    def resume_checkpoint(self) -> dict[str, Any]:
+        """The state to continue from: `last`, or the one saved before it (a warning says so)
+        when `last` is corrupt or missing (a job killed between the two renames of a save)."""
+        last, prev = self.checkpoint_path("last"), self.checkpoint_path("last.prev")
+        try:
+            return self.load_checkpoint("last")
+        except (CorruptCheckpointError, FileNotFoundError) as err:
+            if not prev.is_file():
+                if isinstance(err, FileNotFoundError):
+                    raise FileNotFoundError(f"{last}: nothing to resume") from None
+                raise
+            reason = err
+        state = _read_checkpoint(prev)
+        warnings.warn(f"{reason}; resuming from the checkpoint before it, {prev} "
+                      f"(epoch {state.get('epoch')})", stacklevel=2)
+        return state
 
     def read_metrics(self) -> dict[str, Any]:
         """metrics.json; {} for a run that has not finished."""

@@ -133,8 +133,8 @@ def fit(model: nn.Module, cfg: ExperimentConfig, run_dir: str | Path, resume: bo
     valid_loader = pipe.loader("valid", t.eval_batch_size)
 
     start_epoch, best_acc, history = 0, -1.0, []
-    if resume and run.has_checkpoint("last"):
-        state = run.load_checkpoint("last")
+    if resume:
+        state = run.resume_checkpoint()
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -142,8 +142,6 @@ def fit(model: nn.Module, cfg: ExperimentConfig, run_dir: str | Path, resume: bo
         set_rng_state(state["rng"])
         start_epoch, best_acc = state["epoch"] + 1, state["best_valid_acc"]
         history = state["history"]
-    elif resume:
-        raise FileNotFoundError(f"{run.checkpoint_path('last')}: nothing to resume")
     else:
         run.write_setup(to_dict(cfg), features, pipe.classes)
 
@@ -259,7 +257,7 @@ def train_experiment(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = 
         model = create_model(cfg.model, num_classes=len(store.classes),
                              features=cfg.features or None, **cfg.model_kwargs)
         results.append(fit(model, seed_cfg, seed_run.path,
-                           resume=resume and seed_run.has_checkpoint(), store=store,
+                           resume=resume and seed_run.can_resume, store=store,
                            progress=progress))
     if len(seeds) == 1:
         return results[0]

@@ -8,9 +8,15 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from nas_kws.cli import main
+from nas_kws.config import ExperimentConfig, load_config
+from nas_kws.data.loader import open_dataset
+from nas_kws.device import seed_everything
+from nas_kws.models import create_model
 from nas_kws.runs import RunDir
+from nas_kws.train import fit, train_experiment
 
 TRAIN_SPLIT_CLIPS = 4 * 30  # tone_data: 4 classes x 30 training clips
 
@@ -105,3 +111,74 @@ def test_an_empty_split_is_named_with_why(tone_root, tmp_path, capsys):
         fails_in_one_line(capsys, tone_train_args(root, tmp_path / "new", "--epochs", "1"),
                           "the valid split has no clips", "skipped as unreadable", watch=tmp_path)
     assert not (tmp_path / "new").exists()
+
+
+# --- defect 4: corrupt checkpoints ---------------------------------------------------------------
+
+CORRUPTIONS = {
+    "truncated": lambda data: data[:len(data) // 2],
+    "empty": lambda data: b"",
+    "garbage": lambda data: b"\x80\x04garbage, not a checkpoint" * 10,
+}
+
+
+def corrupt(path: Path, how: str) -> None:
+    path.write_bytes(CORRUPTIONS[how](path.read_bytes()))
+
+
+@pytest.fixture
+def run_copy(trained_run, tmp_path) -> Path:
+    return Path(shutil.copytree(trained_run, tmp_path / "run"))
+
+
+@pytest.mark.parametrize("how", sorted(CORRUPTIONS))
+@pytest.mark.parametrize("which, argv", [
+    ("best", ["eval", "RUN", "--split", "valid"]),
+    ("last", ["eval", "RUN", "--split", "valid", "--which", "last"]),
+    ("best", ["quantize", "ptq", "RUN", "--bits", "8"]),
+])
+def test_a_corrupt_checkpoint_is_one_line_naming_the_file(run_copy, capsys, how, which, argv):
+    path = RunDir(run_copy).checkpoint_path(which)
+    corrupt(path, how)
+    fails_in_one_line(capsys, [str(run_copy) if a == "RUN" else a for a in argv],
+                      f"{path}: corrupt checkpoint", watch=run_copy)
+
+
+def one_step_config(tone_root: Path, epochs: int) -> ExperimentConfig:
+    """Tone data in one batch a epoch: a few seconds an epoch."""
+    return load_config(ExperimentConfig, None, {
+        "model": "bcresnet1", "data.dataset": "folders", "data.root": str(tone_root),
+        "train.epochs": epochs, "train.batch_size": TRAIN_SPLIT_CLIPS, "train.warmup_epochs": 0,
+        "augment.noise_prob": 0.0})
+
+
+def stopped_run(cfg: ExperimentConfig, run_dir: Path, after_epoch: int) -> RunDir:
+    store = open_dataset(cfg.data, progress=False)
+    seed_everything(cfg.train.seed)
+    model = create_model(cfg.model, num_classes=len(store.classes))
+    fit(model, cfg, run_dir, store=store, progress=False, stop_after_epoch=after_epoch)
+    return RunDir(run_dir)
+
+
+def test_resume_falls_back_to_the_previous_checkpoint_when_last_is_corrupt(tone_root, tmp_path,
+                                                                            capsys):
+    cfg = one_step_config(tone_root, epochs=3)
+    train_experiment(cfg, tmp_path / "straight", progress=False)
+    straight = RunDir(tmp_path / "straight")
+    assert straight.load_checkpoint("last.prev")["epoch"] == 1  # every save keeps the one before
+    run = stopped_run(cfg, tmp_path / "stopped", after_epoch=1)
+    corrupt(run.checkpoint_path("last"), "truncated")
+    with pytest.warns(UserWarning, match=r"last.pt: corrupt checkpoint.*; resuming from the "
+                                         r"checkpoint before it, .*last.prev.pt \(epoch 0\)"):
+        assert main(["train", "--resume", str(run.path), "--quiet"]) == 0
+    a, b = straight.load_checkpoint("last")["model"], run.load_checkpoint("last")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)  # as if nothing had happened
+    assert run.read_metrics()["test_last_acc"] == straight.read_metrics()["test_last_acc"]
+
+
+def test_resume_without_a_previous_checkpoint_names_the_corrupt_file(tone_root, tmp_path, capsys):
+    run = stopped_run(one_step_config(tone_root, epochs=3), tmp_path / "run", after_epoch=0)
+    assert not run.has_checkpoint("last.prev")
+    corrupt(run.checkpoint_path("last"), "garbage")
+    fails_in_one_line(capsys, ["train", "--resume", str(run.path), "--quiet"],
+                      f"{run.checkpoint_path('last')}: corrupt checkpoint", watch=run.path)

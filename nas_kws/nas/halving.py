@@ -52,7 +52,7 @@ def train_candidate(cfg: SearchConfig, genotype_path: Path, run: RunDir, epochs:
     experiment = ExperimentConfig(model=str(genotype_path), data=cfg.data, augment=cfg.augment,
                                   train=train)
     model = create_model(genotype_path, num_classes=n_classes)
-    return fit(model, experiment, run.path, resume=run.has_checkpoint("last"), store=store,
+    return fit(model, experiment, run.path, resume=run.can_resume, store=store,
                progress=False)
 
 

@@ -132,7 +132,7 @@ class _Search:
                 "features": self.space.features.to_dict(), "classes": self.classes}
 
     def restore(self) -> None:
-        state = self.run.load_checkpoint("last")
+        state = self.run.resume_checkpoint()
         self.supernet.load_state_dict(state["supernet"])
         self.weight_opt.load_state_dict(state["weight_optimizer"])
         self.arch_opt.load_state_dict(state["arch_optimizer"])
