@@ -12,9 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-import yaml
-
-from nas_kws.fileio import read_yaml
+from nas_kws.fileio import parse_yaml, read_yaml
 
 T = TypeVar("T")
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
@@ -90,7 +88,10 @@ def _is_dataclass_type(tp: Any) -> bool:
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check a YAML/CLI value against a field type; CLI strings are parsed as YAML scalars."""
     if isinstance(value, str) and tp is not str:
-        value = yaml.safe_load(value)
+        try:
+            value = parse_yaml(value)
+        except ValueError as err:
+            raise ValueError(f"{where}: {value!r} is not a valid YAML value ({err})") from None
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(tp)

@@ -28,6 +28,13 @@ class FeatureConfig:
     log_offset: float = 1e-6
 
     def __post_init__(self) -> None:
+        # a zero or negative size would only fail deep inside torchaudio or the first conv
+        for name in ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"features.{name}: expected an integer >= 1, got {value!r}")
+        if not isinstance(self.duration, (int, float)) or not self.duration > 0:
+            raise ValueError(f"features.duration: expected seconds > 0, got {self.duration!r}")
         if self.kind not in FEATURE_KINDS:
             raise ValueError(f"features.kind: expected one of {FEATURE_KINDS}, got {self.kind!r}")
         if self.kind == "mfcc" and not 1 <= self.n_mfcc <= self.n_mels:
@@ -71,8 +78,13 @@ class FeatureConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "features") -> "FeatureConfig":
+        """Unknown keys and bad values are errors naming `where` (e.g. the file and section)."""
         check_keys(data, sorted(f.name for f in fields(cls)), where)
-        return cls(**data)
+        try:
+            return cls(**data)
+        except ValueError as err:  # its message names features.<key> already
+            prefix = where.removesuffix("features").rstrip(": ")
+            raise ValueError(f"{prefix}: {err}" if prefix else str(err)) from None
 
 
 class Frontend(nn.Module):

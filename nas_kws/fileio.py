@@ -64,6 +64,24 @@ def write_csv(path: str | os.PathLike, columns: list[str], rows: Iterable[dict[s
     return write_text(path, buffer.getvalue())
 
 
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error in one line (PyYAML's own message spans several, quoting the text)."""
+    mark, problem = getattr(err, "problem_mark", None), getattr(err, "problem", None)
+    if mark is None or problem is None:
+        return " ".join(str(err).split())
+    context = getattr(err, "context", None)
+    return (f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+            + (f", {context}" if context else ""))
+
+
+def parse_yaml(text: str) -> Any:
+    """`yaml.safe_load`, its errors as one-line ValueErrors."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ValueError(yaml_problem(err)) from None
+
+
 def _read(path: str | os.PathLike, what: str, parse: Callable[[str], Any],
           error: type[Exception], fmt: str) -> Any:
     """`parse` of the text of `path`; a missing `what` or an `error` while parsing is an error
@@ -84,4 +102,4 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
 
 def read_yaml(path: str | os.PathLike, what: str = "file") -> Any:
     """The parsed YAML of `path`; a missing `what` or invalid YAML is an error naming the path."""
-    return _read(path, what, yaml.safe_load, yaml.YAMLError, "YAML")
+    return _read(path, what, parse_yaml, ValueError, "YAML")

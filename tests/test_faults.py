@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from nas_kws.cli import main
 from nas_kws.config import ExperimentConfig, load_config
@@ -18,6 +19,7 @@ from nas_kws.models import create_model
 from nas_kws.runs import RunDir
 from nas_kws.train import fit, train_experiment
 
+SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
 TRAIN_SPLIT_CLIPS = 4 * 30  # tone_data: 4 classes x 30 training clips
 
 
@@ -182,3 +184,51 @@ def test_resume_without_a_previous_checkpoint_names_the_corrupt_file(tone_root, 
     corrupt(run.checkpoint_path("last"), "garbage")
     fails_in_one_line(capsys, ["train", "--resume", str(run.path), "--quiet"],
                       f"{run.checkpoint_path('last')}: corrupt checkpoint", watch=run.path)
+
+
+# --- defect 5: bad config text and non-finite losses ----------------------------------------
+
+BAD_YAML = {"unclosed": "train:\n  lr: [0.1\n", "indent": "train:\n  lr: 0.1\n   epochs: 2\n",
+            "tab": "train:\n\tlr: 0.1\n"}
+
+
+@pytest.mark.parametrize("command", ["train", "search"])
+@pytest.mark.parametrize("text", sorted(BAD_YAML))
+def test_a_config_with_a_yaml_syntax_error_is_one_line_naming_the_file(tmp_path, capsys, command,
+                                                                      text):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BAD_YAML[text])
+    where = ["--model", "bcresnet1", "--run_dir"] if command == "train" else ["--path"]
+    fails_in_one_line(capsys, [command, "--config", str(bad), *where, str(tmp_path / "new")],
+                      f"{bad}: not valid YAML (line ", watch=tmp_path)
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_set_value_with_a_yaml_syntax_error_is_one_line(tmp_path, capsys):
+    fails_in_one_line(capsys, ["train", "--model", "bcresnet1", "--run_dir", str(tmp_path / "new"),
+                               "--set", "train.lr=[0.1"],
+                      "train.lr: '[0.1' is not a valid YAML value (line 1", watch=tmp_path)
+
+
+@pytest.mark.parametrize("key, value", [("n_mels", 0), ("hop_length", 0), ("win_length", -1),
+                                        ("n_fft", "many")])
+def test_a_search_space_with_a_bad_feature_size_is_one_line(tmp_path, capsys, key, value):
+    space = yaml.safe_load((SPACES / "bcresnet.yaml").read_text())
+    space["features"][key] = value
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    fails_in_one_line(capsys, ["search", "--search_space", str(path), "--path",
+                               str(tmp_path / "new")],
+                      f"{path}: features.{key}: expected an integer >= 1, got {value!r}",
+                      watch=tmp_path)
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_non_finite_loss_in_the_first_epoch_points_at_no_checkpoint(tone_root, tmp_path,
+                                                                      capsys):
+    run = tmp_path / "run"
+    line = fails_in_one_line(capsys, tone_train_args(tone_root, run, "--epochs", "2",
+                                                     "--batch_size", "20", "--lr", "1e30"),
+                             "epoch 0 step ", "; stopped before the update; last good checkpoint:"
+                             " none yet, the run stopped in its first epoch", watch=tone_root)
+    assert "last.pt" not in line and not RunDir(run).has_checkpoint("last")
