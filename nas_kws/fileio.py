@@ -23,6 +23,22 @@ def cache_dir() -> Path:
     return path
 
 
+def umask_mode(mode: int = 0o666) -> int:
+    """`mode` less the process umask: what open() and mkdir() give. mkstemp and mkdtemp make
+    0600 / 0700 whatever the umask, so a shared cache or run would be unreadable to others."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mode & ~mask
+
+
+def partial_dir(dest: Path) -> Path:
+    """A fresh hidden `.<name>.*.partial` folder next to `dest` (mode as umask allows), to fill
+    and then rename to `dest`."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
+    os.chmod(tmp, umask_mode(0o777))
+    return tmp
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None],
                  keep: str | os.PathLike | None = None) -> Path:
     """Call `write(tmp)` on a temp file next to `path`, then rename it over `path`; with `keep`,
@@ -33,6 +49,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None],
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, umask_mode())
         if keep is not None and path.exists():
             os.replace(path, keep)
         os.replace(tmp, path)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -12,9 +14,11 @@ import torch
 import yaml
 
 from nas_kws.cli import main
-from nas_kws.config import ExperimentConfig, load_config
-from nas_kws.data.loader import open_dataset
+from nas_kws.config import DataConfig, ExperimentConfig, load_config
+from nas_kws.data.loader import open_dataset, open_index
+from nas_kws.data.store import build_store
 from nas_kws.device import seed_everything
+from nas_kws.fileio import partial_dir
 from nas_kws.models import create_model
 from nas_kws.runs import RunDir
 from nas_kws.train import fit, train_experiment
@@ -232,3 +236,33 @@ def test_a_non_finite_loss_in_the_first_epoch_points_at_no_checkpoint(tone_root,
                              "epoch 0 step ", "; stopped before the update; last good checkpoint:"
                              " none yet, the run stopped in its first epoch", watch=tone_root)
     assert "last.pt" not in line and not RunDir(run).has_checkpoint("last")
+
+
+# --- defect 8: files written atomically honour the umask ----------------------------------------
+
+@pytest.fixture(params=[0o022, 0o002, 0o077])
+def umask(request):
+    old = os.umask(request.param)
+    yield request.param
+    os.umask(old)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_atomic_files_and_partial_folders_honour_the_umask(tmp_path, umask):
+    run = RunDir(tmp_path / "run")
+    run.write_metrics({"a": 1})
+    run.save_checkpoint("last", {"model": {}})
+    run.save_checkpoint("last", {"model": {}})  # the kept one, too
+    for path in (run.metrics_path, run.checkpoint_path("last"), run.checkpoint_path("last.prev")):
+        assert mode(path) == 0o666 & ~umask, path
+    assert mode(partial_dir(tmp_path / "store")) == 0o777 & ~umask
+
+
+def test_a_waveform_store_is_readable_as_the_umask_allows(tone_root, tmp_path, umask):
+    index = open_index(DataConfig(dataset="folders", root=str(tone_root)))
+    store = build_store(index, cache_root=tmp_path / "stores", progress=False, workers=1)
+    assert mode(store.root) == 0o777 & ~umask
+    assert {mode(p) for p in store.root.iterdir()} == {0o666 & ~umask}

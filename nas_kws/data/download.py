@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -21,7 +20,7 @@ from urllib.parse import urlparse
 
 from tqdm import tqdm
 
-from nas_kws.fileio import write_text
+from nas_kws.fileio import partial_dir, write_text
 
 CHUNK = 1 << 20
 TIMEOUT = 60          # seconds without data before a connection counts as dropped
@@ -151,8 +150,7 @@ def extract(archive: Path, dest_dir: Path) -> Path:
         raise FileExistsError(f"{dest_dir} exists but was not extracted by nas-kws "
                               f"(no {EXTRACTED_MARKER}): remove it or use it as it is")
     dest_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest_dir.name}.", suffix=".partial",
-                                dir=dest_dir.parent))
+    tmp = partial_dir(dest_dir)
     try:
         with tarfile.open(archive, "r:gz") as tar:
             for member in tar:   # one pass over the stream: check, then extract

@@ -21,7 +21,6 @@ import multiprocessing
 import os
 import re
 import shutil
-import tempfile
 import warnings
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from nas_kws.data.index import DatasetIndex, noise_region
-from nas_kws.fileio import cache_dir, write_json, write_text
+from nas_kws.fileio import cache_dir, partial_dir, write_json, write_text
 
 STORE_VERSION = 1   # bump when the layout or the decoding rules change: old stores are not reused
 CHUNK = 256         # clips per worker task
@@ -218,7 +217,7 @@ def build_store(index: DatasetIndex, sample_rate: int = 16000, num_samples: int 
     if path.is_dir():
         return open_store(path)
     cache_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=cache_root))
+    tmp = partial_dir(path)
     try:
         skipped = _write_store(tmp, index, fingerprint, sample_rate, num_samples, progress, workers)
         try:
