@@ -3,10 +3,18 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from nas_kws.cliflags import add_quiet_flag, add_set_flag, overrides_from_args
-from nas_kws.config import ExperimentConfig, default_config_for, load_config
+from nas_kws.config import (
+    ExperimentConfig,
+    check_at_least,
+    default_config_for,
+    load_config,
+    to_dict,
+)
+from nas_kws.fileio import write_yaml
 from nas_kws.runs import RunDir
 
 EXPERIMENT_FLAGS = {  # flag -> config key; `--set key=value` reaches every other key
@@ -35,11 +43,35 @@ def add_experiment_flags(p: argparse.ArgumentParser) -> None:
     add_set_flag(p)
 
 
+def resume_config(args: argparse.Namespace) -> ExperimentConfig:
+    """The config a resumed run continues with: its own config.yaml, with `--epochs` applied
+    (and written back) to an unfinished run. Any other flag would silently not apply (the
+    weights, optimizer and data are the run's), so it is refused by name."""
+    given = [f"--{dest}" for dest in ("model", "genotype", "run_dir", "config", *EXPERIMENT_FLAGS)
+             if dest != "epochs" and getattr(args, dest) is not None]
+    if args.set:
+        given.append("--set")
+    run = RunDir(args.resume)
+    if given:
+        raise ValueError(f"--resume {run.path} continues with the run's own config.yaml; "
+                         f"refusing {', '.join(given)} (only --epochs may change)")
+    cfg = run.experiment()
+    if args.epochs is None:
+        return cfg
+    if run.finished:
+        raise ValueError(f"--epochs {args.epochs}: {run.path} has finished (it has "
+                         f"{run.metrics_path.name}); --resume continues an interrupted run")
+    check_at_least(args.epochs, 1, "--epochs")
+    cfg = replace(cfg, train=replace(cfg.train, epochs=args.epochs))
+    write_yaml(run.config_path, to_dict(cfg))
+    return cfg
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from nas_kws.train import train_experiment
 
     if args.resume:
-        metrics = train_experiment(RunDir(args.resume).experiment(), args.resume, resume=True,
+        metrics = train_experiment(resume_config(args), args.resume, resume=True,
                                    progress=not args.quiet)
         print_metrics(metrics, args.resume)
         return 0

@@ -17,7 +17,7 @@ from nas_kws.cli import main
 from nas_kws.config import DataConfig, ExperimentConfig, load_config
 from nas_kws.data.loader import open_dataset, open_index
 from nas_kws.data.store import build_store
-from nas_kws.device import seed_everything
+from nas_kws.device import seed_everything, set_threads
 from nas_kws.fileio import partial_dir
 from nas_kws.models import create_model
 from nas_kws.runs import RunDir
@@ -168,6 +168,7 @@ def stopped_run(cfg: ExperimentConfig, run_dir: Path, after_epoch: int) -> RunDi
 
 def test_resume_falls_back_to_the_previous_checkpoint_when_last_is_corrupt(tone_root, tmp_path,
                                                                             capsys):
+    set_threads()  # as the command line below does: the thread count changes float sums
     cfg = one_step_config(tone_root, epochs=3)
     train_experiment(cfg, tmp_path / "straight", progress=False)
     straight = RunDir(tmp_path / "straight")
@@ -266,3 +267,31 @@ def test_a_waveform_store_is_readable_as_the_umask_allows(tone_root, tmp_path, u
     store = build_store(index, cache_root=tmp_path / "stores", progress=False, workers=1)
     assert mode(store.root) == 0o777 & ~umask
     assert {mode(p) for p in store.root.iterdir()} == {0o666 & ~umask}
+
+
+# --- defect 7: --resume refuses flags that would not apply -------------------------------------
+
+@pytest.mark.parametrize("flags, named", [
+    (["--lr", "5"], "--lr"),
+    (["--epochs", "8", "--lr", "5"], "--lr"),
+    (["--model", "dscnn_s", "--batch_size", "4"], "--model, --batch_size"),
+    (["--set", "train.weight_decay=0"], "--set"),
+    (["--config", "x.yaml"], "--config"),
+])
+def test_resume_refuses_flags_other_than_epochs_by_name(run_copy, capsys, flags, named):
+    fails_in_one_line(capsys, ["train", "--resume", str(run_copy), *flags],
+                      f"refusing {named} (only --epochs may change)", watch=run_copy)
+
+
+def test_resume_refuses_new_epochs_for_a_finished_run(run_copy, capsys):
+    fails_in_one_line(capsys, ["train", "--resume", str(run_copy), "--epochs", "8"],
+                      f"--epochs 8: {run_copy} has finished", watch=run_copy)
+
+
+def test_resume_applies_new_epochs_to_an_interrupted_run(tone_root, tmp_path, capsys):
+    run = stopped_run(one_step_config(tone_root, epochs=3), tmp_path / "run", after_epoch=0)
+    fails_in_one_line(capsys, ["train", "--resume", str(run.path), "--epochs", "0"],
+                      "--epochs: expected >= 1, got 0", watch=run.path)
+    assert main(["train", "--resume", str(run.path), "--epochs", "2", "--quiet"]) == 0
+    assert run.experiment().train.epochs == 2  # written back for later resumes
+    assert [row["epoch"] for row in run.read_metrics()["history"]] == [0, 1]
