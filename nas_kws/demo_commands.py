@@ -39,7 +39,7 @@ def run_step(args: argparse.Namespace, argv: list[str]) -> None:
 def resumable(run: RunDir) -> bool:
     """True when a run has a checkpoint to continue from. A run folder without one stopped
     before its first epoch ended and holds nothing worth keeping, so it is cleared."""
-    if run.has_checkpoint("last"):
+    if run.can_resume:
         return True
     if run.path.exists():
         shutil.rmtree(run.path)

@@ -15,11 +15,16 @@
     *.latency.json                              next to each benchmarked ONNX file
 
 Every sub-run (retrain/, seed<N>/, quant/..., compress/...) is a run directory itself.
+A job writing a run holds an exclusive lock on its .lock file (`RunDir.locked`).
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import shutil
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +34,13 @@ from nas_kws.config import ExperimentConfig, from_dict
 from nas_kws.errors import NasKwsError
 from nas_kws.features import FeatureConfig
 from nas_kws.fileio import atomic_write, read_json, read_yaml, write_json, write_text, write_yaml
+
+
+class RunLockedError(NasKwsError):
+    """Another process is writing the run directory."""
+
+
+_HELD: dict[Path, int] = {}  # lock file -> its descriptor, for every run this process writes
 
 
 class CorruptCheckpointError(NasKwsError):
@@ -47,6 +59,9 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
         raise CorruptCheckpointError(f"{path}: corrupt checkpoint, holds a "
                                      f"{type(state).__name__}, not a state mapping")
     return state
+
+
+LOCK_NAME = ".lock"
 
 
 def latency_path(onnx: str | os.PathLike) -> Path:
@@ -128,6 +143,50 @@ class RunDir:
     def finished(self) -> bool:
         """metrics.json is written last, so a run that has one ran to its end."""
         return self.metrics_path.is_file()
+
+    @property
+    def started(self) -> bool:
+        """A job has written this run's setup (or more): a fresh job must not write over it."""
+        return self.config_path.is_file() or self.can_resume or self.finished
+
+    def clear(self) -> None:
+        """Remove everything a run wrote (`--overwrite`), keeping the folder and its lock."""
+        for child in self.path.iterdir():
+            if child.name != LOCK_NAME:
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold an exclusive lock on the run while writing it, so a second writer gets an error
+        rather than mixing its checkpoints into this run's. The OS drops it when the process
+        dies (resume after kill -9 works); nested holds in one process are free. A folder made
+        just for the lock is removed again when the job fails before writing anything."""
+        lock = (self.path / LOCK_NAME).absolute()
+        if lock in _HELD:
+            yield
+            return
+        made = not self.path.exists()
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise RunLockedError(f"{self.path}: another process (pid {holder}) is writing this "
+                                 "run; wait for it to end or use another run directory") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        _HELD[lock] = fd
+        try:
+            yield
+        except BaseException:
+            if made and [p.name for p in self.path.iterdir()] == [LOCK_NAME]:
+                shutil.rmtree(self.path)
+            raise
+        finally:
+            del _HELD[lock]
+            os.close(fd)
 
     def has_checkpoint(self, name: str = "last") -> bool:
         return self.checkpoint_path(name).is_file()

@@ -24,6 +24,7 @@ from nas_kws.data.pipeline import Pipeline
 from nas_kws.device import pick_device, rng_state, seed_everything, set_rng_state
 from nas_kws.errors import NasKwsError
 from nas_kws.evaluation import EvalResult, confusion_figure, evaluate, save_confusion_png
+from nas_kws.fileio import write_yaml
 from nas_kws.runs import RunDir
 
 
@@ -108,11 +109,18 @@ def _log_epoch(writer, epoch: int, row: dict[str, float], valid: EvalResult,
 
 def fit(model: nn.Module, cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False,
         store=None, progress: bool = True, stop_after_epoch: int | None = None) -> dict[str, Any]:
-    """Train `model` as `cfg` says, in `run_dir`; returns (and writes) metrics.json.
+    """Train `model` as `cfg` says, in `run_dir` (locked meanwhile); returns (and writes)
+    metrics.json.
 
     `stop_after_epoch` ends the job after that epoch with its checkpoint written, for time-boxed
     machines; `resume=True` then continues exactly where it stopped.
     """
+    with RunDir(run_dir).locked():
+        return _fit(model, cfg, run_dir, resume, store, progress, stop_after_epoch)
+
+
+def _fit(model: nn.Module, cfg: ExperimentConfig, run_dir: str | Path, resume: bool,
+         store, progress: bool, stop_after_epoch: int | None) -> dict[str, Any]:
     from torch.utils.tensorboard import SummaryWriter
 
     t = cfg.train
@@ -239,13 +247,30 @@ def final_metrics(model: nn.Module, run: RunDir, pipe: Pipeline, device: torch.d
 
 
 def train_experiment(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = False,
-                     progress: bool = True) -> dict[str, Any]:
-    """Create the model from the config and fit it, once per seed (mean +- std when several)."""
-    from nas_kws.models import create_model
-
+                     progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
+    """Create the model from the config and fit it, once per seed (mean +- std when several).
+    A fresh run refuses a folder holding a started or finished run unless `overwrite`, which
+    first removes what that run wrote."""
     run = RunDir(run_dir)
     store = open_dataset(cfg.data, progress=progress)
+    with run.locked():
+        if not resume and run.started:
+            if not overwrite:
+                state = "finished" if run.finished else "started"
+                raise FileExistsError(f"{run.path} already holds a {state} run; use --resume to "
+                                      "continue it, --overwrite to replace it, or another "
+                                      "--run_dir")
+            run.clear()
+        return _train_seeds(cfg, run, resume, store, progress)
+
+
+def _train_seeds(cfg: ExperimentConfig, run: RunDir, resume: bool, store,
+                 progress: bool) -> dict[str, Any]:
+    from nas_kws.models import create_model
+
     seeds = [cfg.train.seed + k for k in range(cfg.train.seeds)]
+    if len(seeds) > 1 and not resume:  # what `--resume` reads, and what marks the run started
+        write_yaml(run.config_path, to_dict(cfg))
     results = []
     for seed in seeds:
         seed_cfg = replace(cfg, train=replace(cfg.train, seed=seed, seeds=1))

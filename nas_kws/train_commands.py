@@ -49,8 +49,7 @@ def resume_config(args: argparse.Namespace) -> ExperimentConfig:
     weights, optimizer and data are the run's), so it is refused by name."""
     given = [f"--{dest}" for dest in ("model", "genotype", "run_dir", "config", *EXPERIMENT_FLAGS)
              if dest != "epochs" and getattr(args, dest) is not None]
-    if args.set:
-        given.append("--set")
+    given += [flag for flag, on in (("--set", args.set), ("--overwrite", args.overwrite)) if on]
     run = RunDir(args.resume)
     if given:
         raise ValueError(f"--resume {run.path} continues with the run's own config.yaml; "
@@ -84,7 +83,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                       {**overrides_from_args(args, EXPERIMENT_FLAGS), "model": model})
     stem = Path(model).parent.name if args.genotype else model
     run_dir = args.run_dir or f"runs/{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    metrics = train_experiment(cfg, run_dir, progress=not args.quiet)
+    metrics = train_experiment(cfg, run_dir, progress=not args.quiet, overwrite=args.overwrite)
     print_metrics(metrics, run_dir)
     return 0
 
@@ -129,6 +128,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--genotype", help="genotype.yaml of a derived net")
     p.add_argument("--run_dir", help="where to write the run (default runs/<model>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --run_dir (removes what it wrote)")
     add_quiet_flag(p)
     add_experiment_flags(p)
     p.set_defaults(func=cmd_train)

@@ -7,6 +7,8 @@ import math
 import os
 import shutil
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,9 +30,10 @@ TRAIN_SPLIT_CLIPS = 4 * 30  # tone_data: 4 classes x 30 training clips
 
 
 def tree(root: Path) -> dict[str, str]:
-    """Every file under `root` with a hash of its bytes: what "nothing changed" compares."""
+    """Every file under `root` with a hash of its bytes: what "nothing changed" compares (a run's
+    .lock holds the pid of its last writer)."""
     return {str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"}
 
 
 def fails_in_one_line(capsys, argv: list[str], *needles: str, watch: Path) -> str:
@@ -277,6 +280,7 @@ def test_a_waveform_store_is_readable_as_the_umask_allows(tone_root, tmp_path, u
     (["--model", "dscnn_s", "--batch_size", "4"], "--model, --batch_size"),
     (["--set", "train.weight_decay=0"], "--set"),
     (["--config", "x.yaml"], "--config"),
+    (["--overwrite"], "--overwrite"),
 ])
 def test_resume_refuses_flags_other_than_epochs_by_name(run_copy, capsys, flags, named):
     fails_in_one_line(capsys, ["train", "--resume", str(run_copy), *flags],
@@ -295,3 +299,64 @@ def test_resume_applies_new_epochs_to_an_interrupted_run(tone_root, tmp_path, ca
     assert main(["train", "--resume", str(run.path), "--epochs", "2", "--quiet"]) == 0
     assert run.experiment().train.epochs == 2  # written back for later resumes
     assert [row["epoch"] for row in run.read_metrics()["history"]] == [0, 1]
+
+
+# --- defect 2: run directories are locked, and a fresh run does not write over an old one -----
+
+HOLDER = '''import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, f"{os.getpid()}\\n".encode())
+print("locked", flush=True)
+time.sleep(120)
+'''
+
+
+def test_a_second_writer_is_refused_and_a_killed_holder_frees_the_run(tone_root, run_copy,
+                                                                     capsys):
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_copy / ".lock")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        busy = f"{run_copy}: another process (pid {holder.pid}) is writing this run"
+        fails_in_one_line(capsys, ["train", "--resume", str(run_copy)], busy, watch=run_copy)
+        fails_in_one_line(capsys, tone_train_args(tone_root, run_copy, "--overwrite"), busy,
+                          watch=run_copy)
+    finally:
+        holder.kill()  # kill -9: the OS drops its lock
+        holder.wait()
+    with RunDir(run_copy).locked():
+        pass
+
+
+@pytest.mark.parametrize("after_epoch", [None, 0])
+def test_a_fresh_run_refuses_a_folder_holding_a_run(tone_root, tmp_path, capsys, after_epoch):
+    cfg = one_step_config(tone_root, epochs=2)
+    if after_epoch is None:
+        train_experiment(cfg, tmp_path / "run", progress=False)
+    else:
+        stopped_run(cfg, tmp_path / "run", after_epoch)
+    state = "finished" if after_epoch is None else "started"
+    fails_in_one_line(capsys, tone_train_args(tone_root, tmp_path / "run", "--epochs", "1"),
+                      f"{tmp_path / 'run'} already holds a {state} run; use --resume to continue "
+                      "it, --overwrite to replace it", watch=tmp_path)
+
+
+def test_overwrite_replaces_the_old_run(tone_root, run_copy):
+    stale = run_copy / "quant" / "qat_w8a8" / "metrics.json"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("{}")
+    assert main(tone_train_args(tone_root, run_copy, "--epochs", "1", "--batch_size",
+                                str(TRAIN_SPLIT_CLIPS), "--overwrite")) == 0
+    assert not stale.exists() and not RunDir(run_copy).has_checkpoint("last.prev")
+    assert len(RunDir(run_copy).read_metrics()["history"]) == 1
+
+
+def test_a_multi_seed_run_is_marked_started_and_resumes(tone_root, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = tone_train_args(tone_root, run, "--epochs", "1", "--seeds", "2", "--batch_size",
+                           str(TRAIN_SPLIT_CLIPS))
+    assert main(args) == 0
+    assert RunDir(run).experiment().train.seeds == 2
+    fails_in_one_line(capsys, args, "already holds a finished run", watch=tmp_path)
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
