@@ -165,6 +165,8 @@ class RunDir:
         if lock in _HELD:
             yield
             return
+        if self.path.exists() and not self.path.is_dir():
+            raise NotADirectoryError(f"{self.path}: not a folder, so not a run directory")
         made = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)

@@ -2,6 +2,7 @@
 2, and leaves every existing file as it was."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -9,6 +10,7 @@ import shutil
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -312,21 +314,41 @@ time.sleep(120)
 '''
 
 
-def test_a_second_writer_is_refused_and_a_killed_holder_frees_the_run(tone_root, run_copy,
-                                                                     capsys):
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_copy / ".lock")],
+@contextlib.contextmanager
+def locked_by_another_process(run: Path) -> Iterator[int]:
+    """A child process holding `run`'s lock (its pid), killed with SIGKILL at the end."""
+    run.mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run / ".lock")],
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        busy = f"{run_copy}: another process (pid {holder.pid}) is writing this run"
+        yield holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_second_writer_is_refused_and_a_killed_holder_frees_the_run(tone_root, run_copy,
+                                                                     capsys):
+    with locked_by_another_process(run_copy) as pid:
+        busy = f"{run_copy}: another process (pid {pid}) is writing this run"
         fails_in_one_line(capsys, ["train", "--resume", str(run_copy)], busy, watch=run_copy)
         fails_in_one_line(capsys, tone_train_args(tone_root, run_copy, "--overwrite"), busy,
                           watch=run_copy)
-    finally:
-        holder.kill()  # kill -9: the OS drops its lock
-        holder.wait()
-    with RunDir(run_copy).locked():
+    with RunDir(run_copy).locked():  # kill -9 of the holder: the OS dropped its lock
         pass
+
+
+def test_a_second_search_into_one_path_is_refused(tmp_path, capsys):
+    with locked_by_another_process(tmp_path / "search") as pid:
+        fails_in_one_line(capsys, ["search", "--path", str(tmp_path / "search")],
+                          f"another process (pid {pid}) is writing this run", watch=tmp_path)
+
+
+def test_a_file_as_run_directory_is_one_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    fails_in_one_line(capsys, ["search", "--path", str(tmp_path / "file")],
+                      f"{tmp_path / 'file'}: not a folder", watch=tmp_path)
 
 
 @pytest.mark.parametrize("after_epoch", [None, 0])

@@ -118,8 +118,15 @@ def run_command(args: argparse.Namespace) -> int:
         cfg = config_from_args(args)
         run_dir = Path(args.path or f"runs/search-{Path(cfg.search.search_space).stem}-"
                                     f"{time.strftime('%Y%m%d-%H%M%S')}")
-        if RunDir(run_dir).config_path.is_file():
+    run = RunDir(run_dir)
+    with run.locked():  # a second search into the same --path is refused, not interleaved
+        if not args.resume and run.started:
             raise ValueError(f"{run_dir} already holds a run; use --resume or another --path")
+        return _run_search(cfg, run_dir, args)
+
+
+def _run_search(cfg: SearchConfig, run_dir: Path, args: argparse.Namespace) -> int:
+    """The search of `cfg.search.strategy`, in `run_dir`, and its summary."""
     if cfg.search.strategy == "halving":
         from nas_kws.nas.halving import successive_halving
 
