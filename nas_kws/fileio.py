@@ -3,6 +3,7 @@ job dies, and a missing or malformed file is an error naming its path."""
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
@@ -53,9 +54,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None],
         if keep is not None and path.exists():
             os.replace(path, keep)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            raise OSError(errno.ENOSPC, f"{path}: disk full (no space left on the device); "
+                                        "the file was not changed") from None
         raise
     return path
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import os
 import shutil
 import warnings
@@ -214,8 +215,12 @@ class RunDir:
         return from_dict(ExperimentConfig, self.read_config(), str(self.config_path))
 
     def save_checkpoint(self, name: str, state: dict[str, Any]) -> Path:
-        """Atomic; the checkpoint it replaces stays as `<name>.prev.pt`."""
-        return atomic_write(self.checkpoint_path(name), lambda tmp: torch.save(state, tmp),
+        """Atomic; the checkpoint it replaces stays as `<name>.prev.pt`. Serialized in memory
+        first, so a full disk is an OSError (ENOSPC), not torch's RuntimeError."""
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        return atomic_write(self.checkpoint_path(name),
+                            lambda tmp: tmp.write_bytes(buffer.getbuffer()),
                             keep=self.checkpoint_path(f"{name}.prev"))
 
     def load_checkpoint(self, name: str = "last") -> dict[str, Any]:

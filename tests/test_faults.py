@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import math
 import os
@@ -242,6 +243,23 @@ def test_a_non_finite_loss_in_the_first_epoch_points_at_no_checkpoint(tone_root,
                              "epoch 0 step ", "; stopped before the update; last good checkpoint:"
                              " none yet, the run stopped in its first epoch", watch=tone_root)
     assert "last.pt" not in line and not RunDir(run).has_checkpoint("last")
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_last_good_checkpoint(tone_root, tmp_path, capsys,
+                                                                    monkeypatch):
+    run = stopped_run(one_step_config(tone_root, epochs=3), tmp_path / "run", after_epoch=0)
+
+    def disk_full(self: Path, data) -> int:
+        self.open("wb").write(bytes(data)[:100])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", disk_full)
+    fails_in_one_line(capsys, ["train", "--resume", str(run.path), "--quiet"],
+                      f"{run.path / 'checkpoints'}/",
+                      ".pt: disk full (no space left on the device); the file was not changed",
+                      watch=run.path / "checkpoints")
+    monkeypatch.undo()
+    assert run.load_checkpoint("last")["epoch"] == 0
 
 
 # --- defect 8: files written atomically honour the umask ----------------------------------------
