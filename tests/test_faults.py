@@ -77,6 +77,22 @@ def test_a_split_smaller_than_a_batch_trains_on_the_partial_batch(trained_run):
     assert RunDir(trained_run).has_checkpoint("best")
 
 
+# --- defect 3: undecodable audio cannot silently empty a class ----------------------------------
+
+def test_a_class_whose_training_clips_are_all_undecodable_is_an_error(tone_root, tmp_path,
+                                                                      capsys):
+    root = Path(shutil.copytree(tone_root, tmp_path / "data"))
+    wavs = sorted((root / "training" / "low").glob("*.wav"))
+    for wav in wavs:
+        wav.write_bytes(b"RIFF garbage")
+    for attempt in ("built", "cached"):  # the cached store warns again and fails again
+        with pytest.warns(UserWarning, match=f"skipped {len(wavs)} unreadable"):
+            fails_in_one_line(capsys, tone_train_args(root, tmp_path / "run", "--epochs", "1"),
+                              f"{root}: class(es) ['low'] have no decodable training clip",
+                              watch=tmp_path / "data")
+        assert not (tmp_path / "run").exists(), attempt
+
+
 # --- defect 6 and --seeds 0: counts are checked before anything is written ----------------------
 
 @pytest.mark.parametrize("flags, needle", [

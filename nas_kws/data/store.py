@@ -207,19 +207,39 @@ def _store_name(source: str, fingerprint: str, sample_rate: int, num_samples: in
 def build_store(index: DatasetIndex, sample_rate: int = 16000, num_samples: int = 16000,
                 cache_root: Path | None = None, progress: bool = True,
                 workers: int = 2) -> WaveformStore:
-    """Open the store for `index`, decoding every split first if it is not cached yet."""
+    """Open the store for `index`, decoding every split first if it is not cached yet. The files
+    skipped when it was built are warned about on every use, and a class left without a
+    training clip is an error."""
     if sample_rate <= 0 or num_samples <= 0:
         raise ValueError(f"store: sample_rate and num_samples must be > 0, got {sample_rate}, "
                          f"{num_samples}")
     cache_root = Path(cache_root) if cache_root is not None else cache_dir() / "stores"
     fingerprint = index.fingerprint()
     path = cache_root / _store_name(index.source, fingerprint, sample_rate, num_samples)
-    if path.is_dir():
-        return open_store(path)
-    cache_root.mkdir(parents=True, exist_ok=True)
+    if not path.is_dir():
+        _build(path, index, fingerprint, sample_rate, num_samples, progress, workers)
+    store = open_store(path)
+    skipped = json.loads((path / "meta.json").read_text()).get("skipped", [])
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} unreadable, empty, truncated or undecodable audio "
+                      f"file(s) of {index.root} (listed in {path / 'meta.json'}): "
+                      + "; ".join(skipped[:SHOWN]) + ("; ..." if len(skipped) > SHOWN else ""))
+    if "train" in store.splits:
+        labels = store.split("train").labels
+        untrained = [c for i, c in enumerate(store.classes) if not (labels == i).any()]
+        if untrained:
+            raise ValueError(f"{index.root}: class(es) {untrained} have no decodable training "
+                             "clip (every one was skipped); every class needs training clips")
+    return store
+
+
+def _build(path: Path, index: DatasetIndex, fingerprint: str, sample_rate: int,
+           num_samples: int, progress: bool, workers: int) -> None:
+    """Decode the store into a partial folder, then rename it to `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = partial_dir(path)
     try:
-        skipped = _write_store(tmp, index, fingerprint, sample_rate, num_samples, progress, workers)
+        _write_store(tmp, index, fingerprint, sample_rate, num_samples, progress, workers)
         try:
             os.rename(tmp, path)
         except OSError:
@@ -229,11 +249,6 @@ def build_store(index: DatasetIndex, sample_rate: int = 16000, num_samples: int 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if skipped:
-        warnings.warn(f"skipped {len(skipped)} unreadable, empty, truncated or undecodable audio "
-                      f"file(s) of {index.root} (listed in {path / 'meta.json'}): "
-                      + "; ".join(skipped[:SHOWN]) + ("; ..." if len(skipped) > SHOWN else ""))
-    return open_store(path)
 
 
 def _write_store(tmp: Path, index: DatasetIndex, fingerprint: str, sample_rate: int,
