@@ -14,7 +14,9 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 import yaml
 
@@ -91,6 +93,18 @@ def test_a_class_whose_training_clips_are_all_undecodable_is_an_error(tone_root,
                               f"{root}: class(es) ['low'] have no decodable training clip",
                               watch=tmp_path / "data")
         assert not (tmp_path / "run").exists(), attempt
+
+
+def test_a_float_wav_holding_nan_or_inf_is_skipped_and_counted(tone_root, tmp_path):
+    root = Path(shutil.copytree(tone_root, tmp_path / "data"))
+    clip = np.zeros(16000, dtype=np.float32)
+    clip[100:103] = [np.nan, np.inf, -np.inf]
+    sf.write(root / "training" / "low" / "float.wav", clip, 16000, subtype="FLOAT")
+    index = open_index(DataConfig(dataset="folders", root=str(root)))
+    with pytest.warns(UserWarning, match=r"skipped 1 .*training/low/float.wav \(3 NaN or "
+                                         r"infinite sample\(s\)\)"):
+        store = build_store(index, cache_root=tmp_path / "stores", progress=False, workers=1)
+    assert len(store.split("train").labels) == TRAIN_SPLIT_CLIPS
 
 
 # --- defect 6 and --seeds 0: counts are checked before anything is written ----------------------

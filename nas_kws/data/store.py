@@ -111,6 +111,9 @@ def read_clip(path: Path, start: int, gain: float, sample_rate: int,
     if exact:
         x = data[:, 0]
     else:
+        bad = int(np.count_nonzero(~np.isfinite(data)))
+        if bad:  # would be stored as 0 or full scale
+            raise ValueError(f"{bad} NaN or infinite sample(s)")
         x = data.mean(axis=1) * np.float32(gain)
         if rate != sample_rate:
             x = _resample(x, rate, sample_rate)
