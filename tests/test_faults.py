@@ -11,6 +11,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -430,3 +431,28 @@ def test_a_multi_seed_run_is_marked_started_and_resumes(tone_root, tmp_path, cap
     assert RunDir(run).experiment().train.seeds == 2
     fails_in_one_line(capsys, args, "already holds a finished run", watch=tmp_path)
     assert main(["train", "--resume", str(run), "--quiet"]) == 0
+
+
+# --- kill -9 during training: resume ends with the weights of an uninterrupted run -------------
+
+def test_train_killed_with_sigkill_resumes_to_identical_weights(tone_root, tmp_path):
+    set_threads()  # the command line's thread count, as in the killed child
+    flags = ["--epochs", "4", "--batch_size", str(TRAIN_SPLIT_CLIPS)]
+    assert main(tone_train_args(tone_root, tmp_path / "straight", *flags)) == 0
+    killed = RunDir(tmp_path / "killed")
+    child = subprocess.Popen([sys.executable, "-m", "nas_kws.cli",
+                              *tone_train_args(tone_root, killed.path, *flags)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not killed.has_checkpoint("last") and child.poll() is None:
+            assert time.time() < deadline, "no checkpoint within 2 minutes"
+            time.sleep(0.02)
+    finally:
+        child.kill()
+        child.wait()
+    assert not killed.finished  # killed mid-run
+    assert main(["train", "--resume", str(killed.path), "--quiet"]) == 0
+    a = RunDir(tmp_path / "straight").load_checkpoint("last")["model"]
+    b = killed.load_checkpoint("last")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
