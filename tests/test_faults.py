@@ -96,6 +96,16 @@ def test_a_class_whose_training_clips_are_all_undecodable_is_an_error(tone_root,
         assert not (tmp_path / "run").exists(), attempt
 
 
+def test_the_data_table_counts_what_was_stored(tone_root, tmp_path, capsys):
+    root = Path(shutil.copytree(tone_root, tmp_path / "data"))
+    next((root / "training" / "low").glob("*.wav")).write_bytes(b"not audio")
+    with pytest.warns(UserWarning, match="skipped 1 "):
+        assert main(["data", "folders", "--root", str(root), "--workers", "0"]) == 0
+    rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()}
+    assert rows["class"] == ["train", "valid", "test"]
+    assert rows["low"] == ["29", "10", "10"] and rows["total"] == ["119", "40", "40"]
+
+
 def test_a_float_wav_holding_nan_or_inf_is_skipped_and_counted(tone_root, tmp_path):
     root = Path(shutil.copytree(tone_root, tmp_path / "data"))
     clip = np.zeros(16000, dtype=np.float32)

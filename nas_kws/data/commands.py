@@ -12,14 +12,20 @@ from nas_kws.data.index import DatasetIndex
 from nas_kws.data.store import build_store
 
 
-def counts_table(index: DatasetIndex) -> str:
+def store_counts(store) -> dict[str, dict[str, int]]:
+    """Clips per class per split as stored: what was listed less what was skipped."""
+    return {split: {name: int((arrays.labels == label).sum())
+                    for label, name in enumerate(store.classes)}
+            for split, arrays in store.splits.items()}
+
+
+def counts_table(classes: list[str], counts: dict[str, dict[str, int]]) -> str:
     """Clips per class (rows) and split (columns), with totals."""
-    counts = index.counts()
     splits = list(counts)
-    width = max(len(c) for c in [*index.classes, "total"])
+    width = max(len(c) for c in [*classes, "total"])
     cols = [max(len(s), 6) for s in splits]
     lines = ["  ".join([f"{'class':<{width}}", *(f"{s:>{w}}" for s, w in zip(splits, cols))])]
-    for name in index.classes:
+    for name in classes:
         lines.append("  ".join([f"{name:<{width}}",
                                 *(f"{counts[s][name]:>{w}}" for s, w in zip(splits, cols))]))
     lines.append("  ".join([f"{'total':<{width}}",
@@ -31,7 +37,7 @@ def _prepare(index: DatasetIndex, sample_rate: int, num_samples: int, workers: i
     """Decode the store (or find it cached) and print the summary."""
     store = build_store(index, sample_rate=sample_rate, num_samples=num_samples, workers=workers)
     print(f"{index.source}: {index.root}")
-    print(counts_table(index))
+    print(counts_table(store.classes, store_counts(store)))
     stored = ", ".join(f"{name} {len(arrays)}" for name, arrays in store.splits.items())
     print(f"store: {store.root} ({stored}; noise crops {len(store.noise)}; "
           f"{sample_rate} Hz x {num_samples} samples)")
