@@ -36,12 +36,12 @@ from nas_kws.errors import NasKwsError
 from nas_kws.features import FeatureConfig
 from nas_kws.fileio import atomic_write, read_json, read_yaml, write_json, write_text, write_yaml
 
+LOCK_NAME = ".lock"
+_HELD: dict[Path, int] = {}  # lock file -> its descriptor, for every run this process writes
+
 
 class RunLockedError(NasKwsError):
     """Another process is writing the run directory."""
-
-
-_HELD: dict[Path, int] = {}  # lock file -> its descriptor, for every run this process writes
 
 
 class CorruptCheckpointError(NasKwsError):
@@ -60,9 +60,6 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
         raise CorruptCheckpointError(f"{path}: corrupt checkpoint, holds a "
                                      f"{type(state).__name__}, not a state mapping")
     return state
-
-
-LOCK_NAME = ".lock"
 
 
 def latency_path(onnx: str | os.PathLike) -> Path:
@@ -153,8 +150,10 @@ class RunDir:
     def clear(self) -> None:
         """Remove everything a run wrote (`--overwrite`), keeping the folder and its lock."""
         for child in self.path.iterdir():
-            if child.name != LOCK_NAME:
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
+            if child.is_dir():
+                shutil.rmtree(child)
+            elif child.name != LOCK_NAME:
+                child.unlink()
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -162,7 +161,7 @@ class RunDir:
         rather than mixing its checkpoints into this run's. The OS drops it when the process
         dies (resume after kill -9 works); nested holds in one process are free. A folder made
         just for the lock is removed again when the job fails before writing anything."""
-        lock = (self.path / LOCK_NAME).absolute()
+        lock = (self.path / LOCK_NAME).resolve()  # one key per file, however it is spelt
         if lock in _HELD:
             yield
             return
