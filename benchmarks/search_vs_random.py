@@ -77,15 +77,10 @@ def read_rows(csv_path: Path) -> list[dict[str, Any]]:
 
 
 def append_row(csv_path: Path, row: dict[str, Any]) -> None:
-    from nas_kws.fileio import write_text
+    from nas_kws.fileio import write_csv
 
     with locked(csv_path):
-        rows = read_rows(csv_path) + [row]
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-        write_text(csv_path, buf.getvalue())
+        write_csv(csv_path, COLUMNS, read_rows(csv_path) + [row])
 
 
 def row_key(row: dict[str, Any]) -> tuple[str, ...]:
@@ -282,13 +277,9 @@ def summary_lines(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from nas_kws.plots import pyplot, save_figure
 
-    from nas_kws.fileio import atomic_write
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = pyplot().subplots(figsize=(7, 4.5))
     curve = bcresnet_curve(rows)
     if curve:
         ax.plot([c[0] for c in curve], [100 * c[1] for c in curve], "k-o", label="BC-ResNet")
@@ -312,8 +303,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_report(csv_path: Path, args: argparse.Namespace) -> None:
