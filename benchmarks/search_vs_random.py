@@ -265,6 +265,7 @@ def summary_lines(rows: list[dict[str, Any]]) -> list[str]:
             v = statistics.mean(100 * float(r["valid_acc"]) for r in group)
             macs = statistics.mean(float(r["macs"]) for r in group)
             ref = interpolate(curve, macs)
+            ref = None if ref is None else 100 * ref
             vs_random = percentile = ""
             if kind == "searched" and random:
                 vs_random = f"{m - statistics.mean(random):+.2f}"

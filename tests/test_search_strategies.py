@@ -158,3 +158,19 @@ def test_rank_correlations():
     assert kendall_tau([1, 2, 3, 4], [40, 30, 20, 10]) == pytest.approx(-1.0)
     assert kendall_tau([1, 2, 3], [1, 3, 2]) == pytest.approx(1 / 3)
     assert spearman_rho([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
+
+
+def test_protocol_table_compares_with_random_and_the_bcresnet_curve():
+    from search_vs_random import summary_lines
+
+    def row(setting, kind, net, macs, acc, tag="-"):
+        return {"setting": setting, "kind": kind, "tag": tag, "net": net, "seed": 0,
+                "macs": macs, "valid_acc": acc, "test_acc": acc}
+
+    rows = [row("bcresnet", "bcresnet", "a", 1e6, 0.70),
+            row("bcresnet", "bcresnet", "b", 4e6, 0.80),
+            row("s", "random", "net00", 2e6, 0.74), row("s", "random", "net01", 2e6, 0.76),
+            row("s", "searched", "search0", 2e6, 0.78, "t")]
+    searched = next(line for line in summary_lines(rows) if "searched (t)" in line)
+    # the curve at 2 M, linear in log MACs between 1 M (70 %) and 4 M (80 %), is 75 %
+    assert "| 78.00 +- 0.00 |" in searched and "| +3.00 | 100 | 75.00 (+3.00) |" in searched
