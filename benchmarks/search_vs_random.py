@@ -12,7 +12,7 @@ the BC-ResNet curve interpolated in log MACs) and the plot are rewritten after e
     python benchmarks/search_vs_random.py                      # everything, hours on 2 cores
     python benchmarks/search_vs_random.py --kinds random --settings hybrid-6M
     python benchmarks/search_vs_random.py --report             # table and plot from the CSV
-    python benchmarks/search_vs_random.py --quick --out /tmp/q # minutes, tiny set (tests)
+    python benchmarks/search_vs_random.py --quick --out runs/q # minutes, tiny set (tests)
 
 Searched rows carry a tag (`--tag`, default `default`) and the search overrides that made them
 (`--search_set KEY=VALUE ...`), so ablations of the search share the random and BC-ResNet rows.

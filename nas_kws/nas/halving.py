@@ -25,10 +25,8 @@ from nas_kws.data.loader import open_dataset
 from nas_kws.fileio import write_csv
 from nas_kws.models import create_model
 from nas_kws.models.genotype import describe_block, save_genotype
-from nas_kws.nas.cost import macs_table
-from nas_kws.nas.sample import BandSampler
-from nas_kws.nas.search_config import SearchConfig, budget_band, open_space
-from nas_kws.nas.supernet import Supernet
+from nas_kws.nas.random_search import open_band
+from nas_kws.nas.search_config import SearchConfig
 from nas_kws.profiling import profile_model
 from nas_kws.runs import RunDir
 from nas_kws.train import fit
@@ -59,11 +57,10 @@ def train_candidate(cfg: SearchConfig, genotype_path: Path, run: RunDir, epochs:
 def successive_halving(cfg: SearchConfig, run_dir: str | Path, store=None,
                        progress: bool = True) -> dict[str, Any]:
     s = cfg.search
-    space = open_space(cfg)
-    store = store if store is not None else open_dataset(cfg.data, progress=progress)
-    classes = list(store.classes)
-    table = macs_table(Supernet(space, len(classes)))
-    sampler = BandSampler(table, *budget_band(s))
+    if store is None:
+        store = open_dataset(cfg.data, progress=progress)
+    space, classes, sampler = open_band(cfg, store)
+    table = sampler.table
     run = RunDir(run_dir)
     if not run.config_path.is_file():
         run.write_setup(to_dict(cfg), space.features, classes)

@@ -15,9 +15,10 @@ import numpy as np
 from nas_kws.config import to_dict
 from nas_kws.data.loader import open_dataset
 from nas_kws.models.genotype import build_from_genotype, describe_block, save_genotype
-from nas_kws.nas.cost import MacsTable, macs_table
+from nas_kws.nas.cost import macs_table
 from nas_kws.nas.sample import BandSampler
 from nas_kws.nas.search_config import SearchConfig, budget_band, open_space
+from nas_kws.nas.space import SearchSpace
 from nas_kws.nas.supernet import Supernet
 from nas_kws.profiling import profile_model
 from nas_kws.runs import RunDir
@@ -27,15 +28,22 @@ def net_dir(path: str | Path, index: int) -> Path:
     return Path(path) / f"net{index:02d}"
 
 
-def random_search(cfg: SearchConfig, run_dir: str | Path, store=None,
-                  progress: bool = True) -> dict[str, Any]:
-    """Draw `cfg.search.n_random` distinct nets (seed `train.seed`) and write their runs."""
+def open_band(cfg: SearchConfig, store=None,
+              progress: bool = True) -> tuple[SearchSpace, list[str], BandSampler]:
+    """The space, the data's classes and a uniform sampler over the budget band's nets: what
+    every strategy that draws nets from the band starts from."""
     space = open_space(cfg)
     store = store if store is not None else open_dataset(cfg.data, progress=progress)
     classes = list(store.classes)
-    table: MacsTable = macs_table(Supernet(space, len(classes)))
-    low, high = budget_band(cfg.search)
-    sampler = BandSampler(table, low, high)
+    table = macs_table(Supernet(space, len(classes)))
+    return space, classes, BandSampler(table, *budget_band(cfg.search))
+
+
+def random_search(cfg: SearchConfig, run_dir: str | Path, store=None,
+                  progress: bool = True) -> dict[str, Any]:
+    """Draw `cfg.search.n_random` distinct nets (seed `train.seed`) and write their runs."""
+    space, classes, sampler = open_band(cfg, store, progress)
+    low, high = sampler.low, sampler.high
     rng = np.random.default_rng([cfg.train.seed, 0x5EA4C4])
     nets = []
     run = RunDir(run_dir)
