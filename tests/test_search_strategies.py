@@ -174,3 +174,21 @@ def test_protocol_table_compares_with_random_and_the_bcresnet_curve():
     searched = next(line for line in summary_lines(rows) if "searched (t)" in line)
     # the curve at 2 M, linear in log MACs between 1 M (70 %) and 4 M (80 %), is 75 %
     assert "| 78.00 +- 0.00 |" in searched and "| +3.00 | 100 | 75.00 (+3.00) |" in searched
+
+
+def test_halving_trains_rungs_and_keeps_the_best_third(tone_root, tmp_path):
+    from nas_kws.nas.halving import successive_halving
+
+    cfg = _config(tmp_path, tone_root, strategy="halving", halving_nets=4,
+                  halving_epochs=[1, 2], halving_eta=3)
+    store = open_dataset(cfg.data, progress=False)
+    metrics = successive_halving(cfg, tmp_path / "run", store=store, progress=False)
+    rungs = [(r["rung"], r["net"]) for r in metrics["rungs"]]
+    assert [r for r, _ in rungs] == [0, 0, 0, 0, 1, 1]       # 4 nets, then ceil(4 / 3) = 2
+    assert metrics["within_budget"] and metrics["trained_epochs"] == 4 * 1 + 2 * 2
+    rung0 = {r["net"]: r["valid_acc"] for r in metrics["rungs"] if r["rung"] == 0}
+    survivors = [n for r, n in rungs if r == 1]
+    assert min(rung0[n] for n in survivors) >= max(v for n, v in rung0.items()
+                                                    if n not in survivors)
+    again = successive_halving(cfg, tmp_path / "run", store=store, progress=False)
+    assert again["picked"] == metrics["picked"]             # finished trainings are read back
