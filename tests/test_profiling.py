@@ -2,6 +2,7 @@ import argparse
 import json
 
 import pytest
+import torch
 from torch import nn
 
 from nas_kws.features import FeatureConfig
@@ -56,8 +57,8 @@ def test_hand_counted_macs_and_mults():
 def test_figures_are_per_clip():
     model = create_model("dscnn_s")
     one, three = profile_model(model), profile_model(model, batch=3)
-    assert (one.macs, one.mults_paper, one.peak_activation_bytes) == \
-           (three.macs, three.mults_paper, three.peak_activation_bytes)
+    assert (one.macs, one.mults_paper, one.peak_activation_bytes, one.peak_sram_bytes) == \
+           (three.macs, three.mults_paper, three.peak_activation_bytes, three.peak_sram_bytes)
 
 
 def test_peak_activation_and_size():
@@ -95,3 +96,40 @@ def test_cli_json(capsys):
 def test_cli_text_with_mfcc(capsys):
     out = _run_cli(["profile", "dscnn_m", "--n_mfcc", "20"], capsys)
     assert "20 x 51" in out and "MACs" in out
+
+
+class _Residual(nn.Module):
+    """conv+BN+ReLU, a conv whose input is held for a residual add, a norm that cannot fold."""
+
+    def __init__(self):
+        super().__init__()
+        self.feature_config = FeatureConfig(n_mels=4, hop_length=4000)  # 4 x 5
+        self.conv1 = nn.Conv2d(1, 2, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(2)                # folds into conv1: its bias
+        self.conv2 = nn.Conv2d(2, 2, 3, padding=1)  # own bias
+        self.bn2 = nn.BatchNorm2d(2)                # after an add: a per-channel multiply-add
+        self.fc = nn.Linear(2, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.bn1(self.conv1(x)))
+        z = torch.relu(self.bn2(h + self.conv2(h)))
+        return self.fc(z.mean((2, 3)))
+
+
+def test_hand_counted_mcu_memory():
+    model = _Residual()
+    assert model.feature_config.shape == (4, 5)
+    profile = profile_model(model)
+    # flash: conv1 18 weights + 2 scales + 2 folded biases (x4 bytes), conv2 36 + 8 + 8,
+    # fc 6 + 12 + 12, bn2 2 channels x (1 + 4 + 4)
+    assert profile.flash_bytes == (18 + 8 + 8) + (36 + 8 + 8) + (6 + 12 + 12) + 2 * 9
+    # SRAM (int8, 40 bytes per 2x4x5 map): conv1 reads x (20) and writes 40; conv2 reads h
+    # while h is held for the add; the add reads h and conv2's output and writes z: 120
+    assert profile.peak_sram_bytes == 3 * 40
+
+
+def test_padding_and_views_cost_no_sram():
+    features = FeatureConfig(n_mels=4, hop_length=4000)
+    model = nn.Sequential(nn.ZeroPad2d(1), nn.Conv2d(1, 3, 3, bias=False), nn.Flatten())
+    # the pad folds into the conv: x (20) and the conv's 3 x 4 x 5 output (60)
+    assert profile_model(model, features).peak_sram_bytes == 20 + 60
