@@ -40,13 +40,15 @@ def train_baseline(name: str, reference_run: str | os.PathLike, out: Path,
 # --- outputs -------------------------------------------------------------------------------
 
 MAIN_COLUMNS = ["model", "family", "runs", "seeds", "params", "MACs", "size_fp32_KiB",
-                "size_8bit_KiB", "size_4bit_KiB", "fp32_acc", "fp32_acc_std", "onnx_fp32_ms",
-                "onnx_int8_ms", "note"]
+                "size_8bit_KiB", "size_4bit_KiB", "flash_KiB", "sram_KiB", "fp32_acc",
+                "fp32_acc_std", "onnx_fp32_ms", "onnx_int8_ms", "tflite_int8_ms",
+                "tflite_sram_KiB", "note"]
+LATENCY_START = MAIN_COLUMNS.index("onnx_fp32_ms")   # quantized accuracies go just before
 
 
 def columns(rows: list[Row]) -> list[str]:
     quant = sorted(set().union(*(r.quant for r in rows)), key=lambda k: (k[0] != "P", k))
-    return [*MAIN_COLUMNS[:-3], *quant, *MAIN_COLUMNS[-3:]]
+    return [*MAIN_COLUMNS[:LATENCY_START], *quant, *MAIN_COLUMNS[LATENCY_START:]]
 
 
 def table(rows: list[Row]) -> list[dict[str, Any]]:
@@ -55,9 +57,12 @@ def table(rows: list[Row]) -> list[dict[str, Any]]:
         values: dict[str, Any] = {
             "model": r.label, "family": r.family, "runs": len(r.runs), "seeds": r.seeds,
             "params": r.params, "MACs": r.macs, "size_fp32_KiB": r.size_kib(32),
-            "size_8bit_KiB": r.size_kib(8), "size_4bit_KiB": r.size_kib(4), "fp32_acc": r.acc,
+            "size_8bit_KiB": r.size_kib(8), "size_4bit_KiB": r.size_kib(4),
+            "flash_KiB": r.kib("flash"), "sram_KiB": r.kib("sram"),
+            "tflite_sram_KiB": r.kib("tflite_sram"), "fp32_acc": r.acc,
             "fp32_acc_std": r.acc_std, "onnx_fp32_ms": r.latency_ms.get("fp32"),
-            "onnx_int8_ms": r.latency_ms.get("int8"), "note": r.note, **r.quant}
+            "onnx_int8_ms": r.latency_ms.get("int8"),
+            "tflite_int8_ms": r.latency_ms.get("tflite"), "note": r.note, **r.quant}
         if r.weight_bits != 32:
             values["note"] = (values["note"] + f" quantized run: accuracy at {r.weight_bits}-bit "
                               "weights").strip()
@@ -87,12 +92,15 @@ def _md_table(keys: list[str], body: list[dict[str, Any]]) -> list[str]:
 def markdown(rows: list[Row], runs: list[str]) -> str:
     body = table(rows)
     twins = sorted({k for r in rows for k in r.quant if not k.startswith("PTQ")})
-    main = [*MAIN_COLUMNS[:11], *twins, *MAIN_COLUMNS[11:]]
+    main = [*MAIN_COLUMNS[:LATENCY_START], *twins, *MAIN_COLUMNS[LATENCY_START:]]
     lines = ["# nas-kws comparison", "",
              "Test accuracy in % (best-validation checkpoint); `fp32_acc_std` is the std over "
              "runs/seeds. QAT / calibrate w*W*a*A*: Brevitas twin with *W*-bit weights and *A*-bit "
              "activations, fine-tuned or calibrated only. Sizes are weights only (params x bits). "
-             "Latency: onnxruntime median per clip, batch 1, 1 thread.", "",
+             "flash / sram: a full-integer deployment's int8 weights + int32 biases + scales and "
+             "its peak of int8 tensors alive at once (`nas-kws profile`); tflite_sram: the same "
+             "walk on the exported .tflite graph. Latency: onnxruntime (and LiteRT) median per "
+             "clip, batch 1, 1 thread.", "",
              *_md_table(main, body)]
     rounded = [k for r in rows for k in r.quant if k.startswith("PTQ") and k != "PTQ fp32"]
     if rounded:

@@ -32,12 +32,17 @@ class Row:
     seeds: int = 0
     quant: dict[str, float] = field(default_factory=dict)      # column -> test accuracy
     quant_bits: dict[str, int] = field(default_factory=dict)   # column -> weight bits (32: float)
-    latency_ms: dict[str, float] = field(default_factory=dict)  # fp32 / int8 -> median ms
+    latency_ms: dict[str, float] = field(default_factory=dict)  # fp32/int8/tflite -> median ms
+    memory_bytes: dict[str, int] = field(default_factory=dict)  # flash/sram/tflite_sram
     derived: bool = False       # compressed or quantized: a point, never part of a family curve
     note: str = ""
 
     def size_kib(self, bits: int) -> float | None:
         return None if self.params is None else self.params * bits / 8 / 1024
+
+    def kib(self, memory: str) -> float | None:
+        value = self.memory_bytes.get(memory)
+        return None if value is None else value / 1024
 
 
 def family_of(name: str) -> str:
@@ -102,12 +107,29 @@ def _quant_results(run: RunDir) -> tuple[dict[str, float], dict[str, int]]:
 def _latencies(run: RunDir) -> dict[str, float]:
     """Median ms of the run's own exports, int8 falling back to a quantized variant's export."""
     found: dict[str, float] = {}
-    for kind in ("fp32", "int8"):
+    for kind in ("fp32", "int8", "tflite"):
         for sub in (run, *run.quant_runs()):
-            path = latency_path(sub.export.onnx_path(kind))
+            path = latency_path(sub.export.model_path(kind))
             if path.is_file():
                 found[kind] = read_json(path)["median_ms"]
                 break
+    return found
+
+
+def _memory(run: RunDir, spec: dict[str, Any]) -> dict[str, int]:
+    """MCU flash and peak SRAM of the float net (a quantized twin: of its base), profiled from
+    the spec; the SRAM walk on the exported .tflite when `export.json` has one."""
+    from nas_kws.profiling import profile_model
+    from nas_kws.rebuild import model_from_spec
+
+    float_spec = spec["base"] if "quant" in spec else spec
+    classes = run.classes_path.read_text().splitlines() if run.classes_path.is_file() else []
+    profile = profile_model(model_from_spec(float_spec, len(classes) or 12))
+    found = {"flash": profile.flash_bytes, "sram": profile.peak_sram_bytes}
+    if run.export.summary_path.is_file():
+        tflite = read_json(run.export.summary_path).get("tflite", {})
+        if "peak_sram_bytes" in tflite:
+            found["tflite_sram"] = tflite["peak_sram_bytes"]
     return found
 
 
@@ -130,7 +152,7 @@ def read_run(path: str | os.PathLike) -> tuple[str, Row]:
               derived="base" in spec, params=metrics.get("params"), macs=metrics.get("macs"),
               acc=acc, acc_std=metrics.get("test_best_acc_std"),
               seeds=len(metrics.get("seeds", [0])), quant=quant, quant_bits=quant_bits,
-              latency_ms=_latencies(run))
+              latency_ms=_latencies(run), memory_bytes=_memory(run, spec))
     return json.dumps(spec, sort_keys=True), row
 
 
@@ -151,7 +173,8 @@ def merge(rows: list[Row]) -> Row:
                quant_bits={k: next(r.quant_bits[k] for r in rows if k in r.quant_bits)
                            for k in quant_keys},
                latency_ms={k: statistics.mean([r.latency_ms[k] for r in rows if k in r.latency_ms])
-                           for k in latency_keys})
+                           for k in latency_keys},
+               memory_bytes=first.memory_bytes)
 
 
 def collect(runs: list[str | os.PathLike]) -> list[Row]:

@@ -84,6 +84,10 @@ class ExportDir:
         """model_<kind>.onnx, kind fp32 or int8."""
         return self.path / f"model_{kind}.onnx"
 
+    def model_path(self, kind: str) -> Path:
+        """The exported file of `kind`: fp32 / int8 ONNX, or tflite (model_int8.tflite)."""
+        return self.path / "model_int8.tflite" if kind == "tflite" else self.onnx_path(kind)
+
     summary_path = _file("export.json")
 
 
