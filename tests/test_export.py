@@ -89,7 +89,7 @@ def test_latency_is_measured_per_clip_with_memory(trained, tmp_path):
     lat = measure_latency(path, runs=20, warmup=2)
     assert 0 < lat.min_ms <= lat.median_ms <= lat.p90_ms
     assert lat.peak_rss_mb > 0 and lat.threads == 1 and lat.file_kb > 0
-    with pytest.raises(FileNotFoundError, match="ONNX model not found"):
+    with pytest.raises(FileNotFoundError, match="model not found"):
         measure_latency(tmp_path / "missing.onnx")
 
 

@@ -30,6 +30,8 @@ OPSET = 17
 INTEGER_OPS = {"QLinearConv", "QGemm", "QLinearMatMul", "ConvInteger", "MatMulInteger",
                "QLinearAdd", "QLinearMul", "QLinearGlobalAveragePool", "QLinearAveragePool",
                "QLinearSigmoid", "QLinearLeakyRelu", "QLinearConcat"}
+LAYOUT_OPS = {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity"}
+CONVERSION_OPS = {"QuantizeLinear", "DequantizeLinear", "Clip"}
 FLOAT_WEIGHT_OPS = {"Conv", "Gemm", "MatMul", "FusedConv", "FusedGemm", "FusedMatMul"}
 
 
@@ -89,6 +91,58 @@ def export_int8(twin: nn.Module, path: str | Path, classes: list[str]) -> Path:
     return _export_with_metadata(path, export, metadata_for(twin, classes))
 
 
+def _runtime_friendly(proto: onnx.ModelProto) -> None:
+    """Two exact rewrites so onnxruntime's QDQ transformer fuses every group into a QLinear
+    kernel: int8 activations (per-tensor zero point) move to uint8 (zero point + 128: the same
+    grid), and a float conv bias becomes int32 at input scale x weight scale, as int8 runtimes
+    store it. Intermediate types are dropped; the loader infers them again."""
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    consts.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t)
+                   for n in graph.node if n.op_type == "Constant" and n.attribute[0].name == "value"})
+    added: dict[str, np.ndarray] = {}
+    for node in graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 2:
+            zero = consts.get(node.input[2])
+            if zero is not None and zero.dtype == np.int8 and zero.ndim == 0:
+                name = node.input[2] + "_uint8"
+                added[name] = (zero.astype(np.int16) + 128).astype(np.uint8)
+                node.input[2] = name
+    producer = {out: n for n in graph.node for out in n.output}
+    for node in list(graph.node):
+        if node.op_type != "Conv" or len(node.input) < 3 or node.input[2] not in consts:
+            continue
+        x_dq, w_dq = producer.get(node.input[0]), producer.get(node.input[1])
+        if not (x_dq and w_dq and x_dq.op_type == w_dq.op_type == "DequantizeLinear"):
+            continue
+        scale = (consts[x_dq.input[1]] * consts[w_dq.input[1]]).astype(np.float32)
+        bias = node.input[2]
+        added[bias + "_int32"] = np.round(consts[bias] / scale).astype(np.int32)
+        added[bias + "_scale"] = scale
+        graph.node.insert(list(graph.node).index(node), helper.make_node(
+            "DequantizeLinear", [bias + "_int32", bias + "_scale"], [bias + "_dq"], axis=0))
+        node.input[2] = bias + "_dq"
+    graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in added.items())
+    del graph.value_info[:]
+
+
+def export_integer(net: nn.Module, path: str | Path, classes: list[str]) -> Path:
+    """The all-integer reference (nas_kws.quant.integer) as a QDQ graph (opset 18, torch's
+    dynamo exporter), rewritten so onnxruntime runs QLinear kernels for every op."""
+    example = example_input(net, batch=1)
+
+    def export(tmp: Path) -> None:
+        program = torch.onnx.export(net, (example,), dynamo=True, opset_version=18,
+                                    input_names=[INPUT], output_names=[OUTPUT], verbose=False)
+        proto = program.model_proto
+        _runtime_friendly(proto)
+        onnx.save(proto, str(tmp))
+
+    return _export_with_metadata(path, export, metadata_for(net, classes))
+
+
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """The JSON metadata an export wrote (feature_config, classes, model_spec, input)."""
     proto = onnx.load(str(path), load_external_data=False)
@@ -111,10 +165,14 @@ def optimized_ops(path: str | Path) -> Counter:
 
 
 def kernel_summary(path: str | Path) -> dict[str, Any]:
-    """How many integer kernels and float conv/gemm kernels the optimized graph runs."""
+    """How many integer kernels, float conv/gemm kernels and float ops of any kind (everything
+    but integer kernels, layout ops and the Quantize/Dequantize at the graph's ends) the
+    optimized graph runs."""
     ops = optimized_ops(path)
     return {"integer_kernels": sum(n for op, n in ops.items() if op in INTEGER_OPS),
             "float_weight_kernels": sum(n for op, n in ops.items() if op in FLOAT_WEIGHT_OPS),
+            "float_ops": sum(n for op, n in ops.items()
+                             if op not in INTEGER_OPS | LAYOUT_OPS | CONVERSION_OPS),
             "ops": dict(sorted(ops.items()))}
 
 

@@ -1,6 +1,9 @@
-"""`nas-kws export` and `nas-kws bench latency`: ONNX files of a run and their speed.
-    RUN/export/model_{fp32,int8}.onnx       with export.json (parity, kernels)
-    MODEL.latency.json                      next to each benchmarked ONNX file
+"""`nas-kws export` and `nas-kws bench latency`: deployable files of a run and their speed.
+    RUN/export/model_{fp32,int8}.onnx       with export.json (accuracy, parity, kernels)
+    RUN/export/model_int8.tflite            full-integer TFLite (--tflite)
+    MODEL.latency.json                      next to each benchmarked file
+A float run's int8 files come from one all-integer W8A8 reference (nas_kws.quant.integer), which
+their parity is checked against; a quantized run (a Brevitas twin) exports its own QCDQ graph.
 """
 from __future__ import annotations
 
@@ -12,47 +15,93 @@ import torch
 from torch import nn
 
 from nas_kws.config import check_at_least
+from nas_kws.errors import NasKwsError
 from nas_kws.fileio import write_json
 from nas_kws.runs import ExportDir, RunDir, latency_path
 
 
-def _parity(model: nn.Module, path: Path, feats: torch.Tensor) -> dict[str, Any]:
-    from nas_kws.quant.export import onnx_logits, prediction_parity
-
+def _logits(model: nn.Module, feats: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
-        torch_logits = torch.cat([model(x) for x in feats.split(250)])
-    return prediction_parity(torch_logits, torch.from_numpy(onnx_logits(path, feats)))
+        return torch.cat([model(x) for x in feats.split(250)])
+
+
+def _checked(reference: torch.Tensor, exported: Any, labels: torch.Tensor) -> dict[str, Any]:
+    """Parity of an export's logits with its PyTorch reference, and its test accuracy."""
+    from nas_kws.quant.export import prediction_parity
+
+    exported = torch.as_tensor(exported)
+    return {"parity": prediction_parity(reference, exported),
+            "accuracy": float((exported.argmax(1) == labels).float().mean())}
+
+
+def _export_integer(model: nn.Module, store, args: argparse.Namespace, out: ExportDir,
+                    classes: list[str], feats: torch.Tensor,
+                    labels: torch.Tensor) -> dict[str, Any]:
+    from nas_kws.quant.export import export_integer, kernel_summary, onnx_logits
+    from nas_kws.quant.integer import integer_logits, integer_net
+    from nas_kws.quant.precomputed import split_features
+
+    calib, _ = split_features(store, model.feature_config, "train", limit=args.calib_clips)
+    net = integer_net(model, calib.split(100))
+    reference = integer_logits(net, feats)
+    results: dict[str, Any] = {"reference": {
+        "quant": net.spec["integer"], "fp32_accuracy": float((_logits(model, feats).argmax(1)
+                                                              == labels).float().mean()),
+        "int8_accuracy": float((reference.argmax(1) == labels).float().mean())}}
+    if args.int8:
+        path = export_integer(net, out.onnx_path("int8"), classes)
+        results["int8"] = {"path": str(path), "quant": net.spec["integer"],
+                           **_checked(reference, onnx_logits(path, feats), labels),
+                           "kernels": kernel_summary(path)}
+    if args.tflite:
+        from nas_kws.quant.tflite import export_tflite, tflite_logits, tflite_summary
+
+        path = export_tflite(net, out.model_path("tflite"))
+        results["tflite"] = {"path": str(path), "quant": net.spec["integer"],
+                             **_checked(reference, tflite_logits(path, feats), labels),
+                             **tflite_summary(path)}
+    return results
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from nas_kws.quant.derived import is_quantized
-    from nas_kws.quant.export import export_fp32, export_int8, kernel_summary
-    from nas_kws.quant.precomputed import calibrated_twin, split_features
-    from nas_kws.quant.qat import QuantSpec
+    from nas_kws.quant.export import export_fp32, export_int8, kernel_summary, onnx_logits
+    from nas_kws.quant.precomputed import split_features
     from nas_kws.rebuild import load_model, open_run_data
 
     check_at_least(args.calib_clips, 1, "--calib_clips")
     model, features, classes = load_model(args.run_dir)
+    if args.tflite and is_quantized(model.spec):
+        raise NasKwsError(f"{args.run_dir}: --tflite quantizes a float run after training; this "
+                          "run is a quantized twin: export its base run instead")
     out = ExportDir(args.out) if args.out else RunDir(args.run_dir).export
     store = open_run_data(args.run_dir, classes)
-    feats, _ = split_features(store, features, "test", limit=args.parity_clips)
+    feats, labels = split_features(store, features, "test", limit=args.parity_clips)
     results: dict[str, Any] = {}
     if is_quantized(model.spec):
-        twin = model
+        path = export_int8(model, out.onnx_path("int8"), classes)
+        results["int8"] = {"path": str(path), "quant": model.spec["quant"],
+                           **_checked(_logits(model, feats), onnx_logits(path, feats), labels),
+                           "kernels": kernel_summary(path)}
     else:
         path = export_fp32(model, out.onnx_path("fp32"), classes)
-        results["fp32"] = {"path": str(path), "parity": _parity(model, path, feats)}
-        twin = calibrated_twin(model, QuantSpec(), store, args.calib_clips) if args.int8 else None
-    if twin is not None:
-        path = export_int8(twin, out.onnx_path("int8"), classes)
-        results["int8"] = {"path": str(path), "quant": twin.spec["quant"],
-                           "parity": _parity(twin, path, feats), "kernels": kernel_summary(path)}
+        results["fp32"] = {"path": str(path), **_checked(_logits(model, feats),
+                                                         onnx_logits(path, feats), labels)}
+        if args.int8 or args.tflite:
+            results.update(_export_integer(model, store, args, out, classes, feats, labels))
     write_json(out.summary_path, results)
     for kind, r in results.items():
+        if kind == "reference":
+            print(f"W8A8 reference ({r['quant']}): test accuracy {r['int8_accuracy']:.2%} "
+                  f"(fp32 {r['fp32_accuracy']:.2%})")
+            continue
         extra = ""
         if "kernels" in r:
             extra = (f", {r['kernels']['integer_kernels']} integer kernels, "
-                     f"{r['kernels']['float_weight_kernels']} float conv/gemm")
+                     f"{r['kernels']['float_ops']} float ops")
+        if "peak_sram_bytes" in r:
+            extra = (f", {r['input_dtype']} in / {r['output_dtype']} out, arena >= "
+                     f"{r['peak_sram_bytes'] / 1024:.1f} KiB, {r['file_kb']:.1f} KiB file")
         parity = r["parity"]
         print(f"{kind}: {r['path']} (agrees with PyTorch on {parity['agreement']:.2%} of "
               f"{parity['clips']} test clips, {parity['agreement_tie_aware']:.2%} counting exact "
@@ -71,10 +120,15 @@ def cmd_latency(args: argparse.Namespace) -> int:
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("export", help="ONNX fp32 (and --int8 QCDQ) with parity checks")
-    p.add_argument("run_dir", help="a float run (fp32, and int8 from a calibrated W8A8 twin with "
-                                   "--int8) or a quantized run (int8)")
-    p.add_argument("--int8", action="store_true")
+    p = subparsers.add_parser("export", help="ONNX fp32 (and --int8 integer ONNX, --tflite) "
+                                             "with parity checks")
+    p.add_argument("run_dir", help="a float run (fp32, and W8A8 int8 calibrated on training "
+                                   "clips with --int8 / --tflite) or a quantized run (its QCDQ "
+                                   "int8)")
+    p.add_argument("--int8", action="store_true",
+                   help="also the all-integer W8A8 ONNX graph (QLinear kernels for every op)")
+    p.add_argument("--tflite", action="store_true",
+                   help="also a full-integer .tflite (needs the tflite extra)")
     p.add_argument("--out", help="output folder (default RUN/export)")
     p.add_argument("--parity_clips", type=int, help="test clips for the parity check (default all)")
     p.add_argument("--calib_clips", type=int, default=500)
@@ -82,8 +136,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
     bench = subparsers.add_parser("bench", help="speed measurements")
     bsub = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
-    p = bsub.add_parser("latency", help="onnxruntime latency per clip (batch 1) and peak memory")
-    p.add_argument("models", nargs="+", metavar="MODEL.onnx")
+    p = bsub.add_parser("latency", help="onnxruntime / LiteRT latency per clip (batch 1) and "
+                                        "peak memory")
+    p.add_argument("models", nargs="+", metavar="MODEL.onnx|MODEL.tflite")
     p.add_argument("--runs", type=int, default=300)
     p.add_argument("--warmup", type=int, default=30)
     p.add_argument("--threads", type=int, default=1)

@@ -1,7 +1,8 @@
-"""onnxruntime latency per clip (batch 1, one thread, median after warm-up) and peak memory.
+"""onnxruntime (or, for a .tflite file, LiteRT) latency per clip (batch 1, one thread, median
+after warm-up) and peak memory.
 
 The measurement runs in a fresh Python process (`python -m nas_kws.quant.latency MODEL ...`)
-that imports onnxruntime and numpy only. `peak_rss_mb` is the process's resident-memory peak
+that imports numpy and the runtime only (onnxruntime, or ai-edge-litert with XNNPACK). `peak_rss_mb` is the process's resident-memory peak
 during session creation and the runs (weights, arena, activations) above its level after those
 imports: the peak is reset after the imports through /proc/self/clear_refs (Linux), else it is
 the process's lifetime peak, import included.
@@ -75,22 +76,43 @@ def _peak_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def _measure(path: str, runs: int, warmup: int, threads: int) -> dict:
-    """Runs in the child process, which imports onnxruntime and numpy only (never torch)."""
+def _onnx_runner(path: str, threads: int):
     import numpy as np
-    import onnxruntime  # noqa: F401  (its import is part of the baseline, not of the model)
 
-    baseline = _reset_peak()
     sess = session(path, threads)
     graph_input = sess.get_inputs()[0]
     shape = [d if isinstance(d, int) else 1 for d in graph_input.shape]
     feed = {graph_input.name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+    return lambda: sess.run(None, feed)
+
+
+def _tflite_runner(path: str, threads: int):
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=path, num_threads=threads)
+    interpreter.allocate_tensors()
+    inp = interpreter.get_input_details()[0]
+    interpreter.set_tensor(inp["index"], np.zeros(inp["shape"], dtype=inp["dtype"]))
+    return interpreter.invoke
+
+
+def _measure(path: str, runs: int, warmup: int, threads: int) -> dict:
+    """Runs in the child process, which imports numpy and the runtime only (never torch)."""
+    if path.endswith(".tflite"):
+        from ai_edge_litert import interpreter  # noqa: F401  (part of the baseline)
+        baseline = _reset_peak()
+        run = _tflite_runner(path, threads)
+    else:
+        import onnxruntime  # noqa: F401  (its import is part of the baseline, not of the model)
+        baseline = _reset_peak()
+        run = _onnx_runner(path, threads)
     for _ in range(warmup):
-        sess.run(None, feed)
+        run()
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        sess.run(None, feed)
+        run()
         times.append((time.perf_counter() - start) * 1000)
     times.sort()
     return {"median_ms": statistics.median(times), "p90_ms": times[int(0.9 * (len(times) - 1))],
@@ -99,10 +121,10 @@ def _measure(path: str, runs: int, warmup: int, threads: int) -> dict:
 
 def measure_latency(path: str | Path, runs: int = 300, warmup: int = 30,
                     threads: int = 1) -> Latency:
-    """Latency of one clip through the ONNX model at `path`, in a separate process."""
+    """Latency of one clip through the ONNX or TFLite model at `path`, in a separate process."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: ONNX model not found")
+        raise FileNotFoundError(f"{path}: model not found")
     if runs < 1 or warmup < 0:
         raise ValueError(f"runs/warmup: expected runs >= 1 and warmup >= 0, got {runs}/{warmup}")
     child = subprocess.run([sys.executable, "-m", __name__, str(path), str(runs), str(warmup),

@@ -1,0 +1,128 @@
+"""Full-integer TFLite export (int8 in, int8 out, int8 per-channel weights, int32 biases) of the
+all-integer reference (nas_kws.quant.integer), through litert-torch, checked with the
+ai-edge-litert interpreter. Both come with the `tflite` extra (`pip install -e .[tflite]`).
+
+The .tflite maps one clip's features (1, 1, bins, frames), quantized with the input tensor's
+scale and zero point, to int8 logits; the FeatureConfig and classes travel in export.json. What
+TFLite Micro needs beside the file is a tensor arena: `tflite_summary` walks the graph in
+execution order and reports the int8 tensors alive at once (the planner's lower bound).
+"""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from nas_kws.errors import NasKwsError
+from nas_kws.fileio import atomic_write
+from nas_kws.quant.fold import example_input
+
+EXTRA = "the tflite extra is not installed: pip install -e '.[tflite]' (litert-torch, ai-edge-litert)"
+ALIAS_OPS = {"RESHAPE", "SQUEEZE", "EXPAND_DIMS"}   # TFLite Micro runs these in place
+
+
+def _interpreter(path: str | Path, threads: int = 1, delegates: bool = True):
+    try:
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    except ImportError:
+        raise NasKwsError(EXTRA) from None
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: TFLite model not found")
+    resolver = (OpResolverType.AUTO if delegates
+                else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interpreter = Interpreter(model_path=str(path), num_threads=threads,
+                              experimental_op_resolver_type=resolver)
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def export_tflite(net: nn.Module, path: str | Path) -> Path:
+    """Convert the integer reference; a graph that keeps any float op is refused by name."""
+    os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
+    try:
+        import litert_torch
+    except ImportError:
+        raise NasKwsError(EXTRA) from None
+    example = example_input(net, batch=1)
+
+    def write(tmp: Path) -> None:
+        try:
+            litert_torch.convert(net, (example,)).export(str(tmp))
+        except Exception as err:  # the converter raises many kinds; name the first line
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise NasKwsError(f"{path}: the TFLite converter cannot lower this net: "
+                              f"{first[:300]}") from err
+        float_ops = tflite_summary(tmp)["float_ops"]
+        if float_ops:
+            raise NasKwsError(f"{path}: the converted model is not full-integer; float ops "
+                              f"left: {float_ops}")
+
+    return atomic_write(path, write)
+
+
+def tflite_summary(path: str | Path) -> dict[str, Any]:
+    """Op counts, the float ops left, input/output types and the int8 tensors alive at once."""
+    interpreter = _interpreter(path, delegates=False)
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    ops = interpreter._get_ops_details()  # execution order
+    float_ops: Counter = Counter()
+    for op in ops:
+        if op["op_name"] in ("QUANTIZE", "DEQUANTIZE"):
+            float_ops[op["op_name"]] += 1
+        elif any(tensors[i]["dtype"] == np.float32 for i in op["outputs"]):
+            float_ops[op["op_name"]] += 1
+    io = {"input": interpreter.get_input_details()[0], "output": interpreter.get_output_details()[0]}
+    return {"ops": dict(sorted(Counter(op["op_name"] for op in ops).items())),
+            "float_ops": dict(float_ops),
+            **{f"{k}_dtype": np.dtype(v["dtype"]).name for k, v in io.items()},
+            "peak_sram_bytes": _peak_sram(ops, tensors, io["input"]["index"]),
+            "file_kb": Path(path).stat().st_size / 1024}
+
+
+def _peak_sram(ops: list[dict], tensors: dict[int, dict], graph_input: int) -> int:
+    """Largest sum of activation bytes alive at one op: a tensor lives from the op writing it
+    (the graph input from the start) to the last op reading it; weights are not activations."""
+    written = {i for op in ops for i in op["outputs"]}
+    buffer = {graph_input: graph_input}
+    born = {graph_input: 0}
+    dies = {graph_input: 0}
+    for n, op in enumerate(ops):
+        reads = [i for i in op["inputs"] if i in buffer]
+        for i in reads:
+            dies[buffer[i]] = n
+        for i in op["outputs"]:
+            alias = op["op_name"] in ALIAS_OPS and reads and dies[buffer[reads[0]]] == n
+            buffer[i] = buffer[reads[0]] if alias else i
+            born.setdefault(buffer[i], n)
+            dies[buffer[i]] = n
+    for op in ops[-1:]:
+        for i in op["outputs"]:
+            dies[buffer[i]] = len(ops)
+    size = {b: int(np.prod(tensors[b]["shape"])) * np.dtype(tensors[b]["dtype"]).itemsize
+            for b in born if b in written or b == graph_input}
+    return max((sum(s for b, s in size.items() if born[b] <= n <= dies[b])
+                for n in range(len(ops))), default=0)
+
+
+def tflite_logits(path: str | Path, features: np.ndarray | torch.Tensor,
+                  threads: int = 1) -> np.ndarray:
+    """Float logits of (N, 1, bins, frames) features through the int8 model, one clip a run:
+    the input quantized with the model's own scale and zero point, the output dequantized."""
+    interpreter = _interpreter(path, threads)
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    (in_scale, in_zero), (out_scale, out_zero) = inp["quantization"], out["quantization"]
+    info = np.iinfo(inp["dtype"])
+    logits = []
+    for clip in np.asarray(features, dtype=np.float32):
+        q = np.clip(np.round(clip[None] / in_scale) + in_zero, info.min, info.max)
+        interpreter.set_tensor(inp["index"], q.astype(inp["dtype"]))
+        interpreter.invoke()
+        logits.append((interpreter.get_tensor(out["index"]).astype(np.float32) - out_zero)
+                      * out_scale)
+    return np.concatenate(logits)
+
