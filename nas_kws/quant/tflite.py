@@ -46,23 +46,37 @@ def export_tflite(net: nn.Module, path: str | Path) -> Path:
     os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
     try:
         import litert_torch
+        from litert_torch.quantize import pt2e_quantizer
+        from litert_torch.quantize.quant_config import QuantConfig
     except ImportError:
         raise NasKwsError(EXTRA) from None
     example = example_input(net, batch=1)
+    # tells the converter the graph holds static int8 quantize/dequantize pairs to lower into
+    # integer kernels (the pairs themselves come from nas_kws.quant.integer)
+    static_int8 = QuantConfig(pt2e_quantizer=pt2e_quantizer.PT2EQuantizer().set_global(
+        pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True)))
 
     def write(tmp: Path) -> None:
         try:
-            litert_torch.convert(net, (example,)).export(str(tmp))
+            litert_torch.convert(net, (example,), quant_config=static_int8).export(str(tmp))
         except Exception as err:  # the converter raises many kinds; name the first line
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise NasKwsError(f"{path}: the TFLite converter cannot lower this net: "
-                              f"{first[:300]}") from err
-        float_ops = tflite_summary(tmp)["float_ops"]
+                              f"{_first_line(err)}") from err
+        try:
+            float_ops = tflite_summary(tmp)["float_ops"]
+        except ValueError as err:  # the interpreter has no kernel for an op
+            raise NasKwsError(f"{path}: LiteRT cannot run the converted net: "
+                              f"{_first_line(err)}") from err
         if float_ops:
             raise NasKwsError(f"{path}: the converted model is not full-integer; float ops "
                               f"left: {float_ops}")
 
     return atomic_write(path, write)
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:300] if text else type(err).__name__
 
 
 def tflite_summary(path: str | Path) -> dict[str, Any]:

@@ -1,0 +1,82 @@
+"""The all-integer W8A8 net: QLinear kernels for every op in onnxruntime, a full-integer .tflite
+checked with the LiteRT interpreter (skipped only without the tflite extra), and its memory."""
+import numpy as np
+import pytest
+import torch
+from quant_helpers import pattern_features, single_thread, tiny_genotype, train_on  # noqa: F401
+
+from nas_kws.models import create_model
+from nas_kws.models.genotype import build_from_genotype
+from nas_kws.profiling import profile_model
+from nas_kws.quant.export import export_integer, kernel_summary, onnx_logits, prediction_parity
+from nas_kws.quant.integer import integer_logits, integer_net
+
+CLASSES = [str(i) for i in range(4)]
+
+
+@pytest.fixture(scope="module")
+def bcresnet():
+    """BC-ResNet-1 (SubSpectralNorm, broadcast add, SiLU, means) as an all-integer net."""
+    torch.manual_seed(0)
+    model = create_model("bcresnet1", num_classes=4).eval()
+    feats = pattern_features(40, model.feature_config.shape)[0]
+    return model, integer_net(model, [feats[:16]]), feats[16:]
+
+
+def test_integer_onnx_runs_no_float_op(bcresnet, tmp_path):
+    model, net, feats = bcresnet
+    path = export_integer(net, tmp_path / "int8.onnx", CLASSES)
+    kernels = kernel_summary(path)
+    assert kernels["float_ops"] == 0 and kernels["float_weight_kernels"] == 0
+    for op in ("QLinearConv", "QLinearAdd", "QLinearMul", "QLinearSigmoid"):
+        assert kernels["ops"].get(op, 0) > 0, op
+    parity = prediction_parity(integer_logits(net, feats),
+                               torch.from_numpy(onnx_logits(path, feats)))
+    assert parity["agreement_tie_aware"] >= 0.995
+
+
+def test_integer_net_follows_the_float_net():
+    torch.manual_seed(0)
+    model = build_from_genotype(tiny_genotype())
+    shape = model.feature_config.shape
+    train_on(model, *pattern_features(256, shape), steps=50)
+    feats = pattern_features(200, shape, seed=1)[0]
+    net = integer_net(model.eval(), [feats[:64]])
+    with torch.no_grad():
+        agree = (model(feats).argmax(1) == integer_logits(net, feats).argmax(1)).float().mean()
+    assert agree >= 0.95
+
+
+def test_full_integer_tflite_agrees_with_the_reference(bcresnet, tmp_path):
+    pytest.importorskip("litert_torch", reason="the tflite extra is not installed")
+    from nas_kws.quant.latency import measure_latency
+    from nas_kws.quant.tflite import export_tflite, tflite_logits, tflite_summary
+
+    model, net, feats = bcresnet
+    path = export_tflite(net, tmp_path / "model_int8.tflite")
+    summary = tflite_summary(path)
+    assert summary["float_ops"] == {}
+    assert summary["input_dtype"] == summary["output_dtype"] == "int8"
+    reference = integer_logits(net, feats)
+    tflite = torch.from_numpy(tflite_logits(path, feats))
+    assert prediction_parity(reference, tflite)["agreement_tie_aware"] >= 0.99
+    # the arena walk sees the same int8 tensors as the profiler's, plus layout copies
+    traced = profile_model(model).peak_sram_bytes
+    assert traced <= summary["peak_sram_bytes"] <= 2 * traced
+    assert measure_latency(path, runs=5, warmup=1).median_ms > 0
+
+
+def test_unconvertible_net_is_named(tmp_path):
+    pytest.importorskip("litert_torch", reason="the tflite extra is not installed")
+    from nas_kws.errors import NasKwsError
+    from nas_kws.quant.tflite import export_tflite
+
+    class Sorts(torch.nn.Module):  # sort has no TFLite builtin
+        feature_config = create_model("bcresnet1").feature_config
+
+        def forward(self, x):
+            return torch.sort(x, dim=-1).values.flatten(1)[:, :4]
+
+    with pytest.raises(NasKwsError, match="model_int8.tflite"):
+        export_tflite(Sorts(), tmp_path / "model_int8.tflite")
+    assert not (tmp_path / "model_int8.tflite").exists()
