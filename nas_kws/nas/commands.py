@@ -35,6 +35,7 @@ FLAG_KEYS = {  # flag -> config key (Peter et al.'s flag names where they exist)
     "grad_reg_loss_beta": "search.grad_reg_loss_beta",
     "grad_reg_loss_lambda": "search.grad_reg_loss_lambda",
     "budget_tolerance": "search.budget_tolerance", "init_lr": "train.lr",
+    "max_flash_kb": "search.max_flash_kb", "max_sram_kb": "search.max_sram_kb",
     "train_batch_size": "train.batch_size", "manual_seed": "train.seed", "device": "train.device",
     "dataset": "data.dataset", "data_root": "data.root", "n_mfcc": "features.n_mfcc",
 }
@@ -44,6 +45,8 @@ NUMBER_FLAGS: tuple[tuple[str, type, str | None], ...] = (
     ("grad_reg_loss_alpha", float, None), ("grad_reg_loss_beta", float, None),
     ("grad_reg_loss_lambda", float, None),
     ("budget_tolerance", float, "budget mode: +- fraction (0.1)"),
+    ("max_flash_kb", float, "MCU flash bound of the derived / drawn nets, KiB (0: none)"),
+    ("max_sram_kb", float, "MCU peak SRAM bound of the derived / drawn nets, KiB (0: none)"),
     ("arch_lr", float, None), ("warmup_epochs", int, None), ("n_epochs", int, None),
     ("grad_update_arch_param_every", int, None),
     ("init_lr", float, "weight lr of the search epochs"),

@@ -3,10 +3,15 @@
 Each candidate is measured once by the profiler on the input shape it sees inside the net, and
 the stem, fixed blocks and head make the fixed part. MACs add up layer by layer, so for one-hot
 probabilities E[F] is exactly the profiler's count of the derived net.
+
+The same measurement gives each part's MCU memory (nas_kws.profiling): flash adds up like MACs,
+and peak SRAM is the largest part's, since between two blocks only the one tensor passed on is
+alive. `MacsTable.bounded` attaches a flash / SRAM bound that derivation and sampling respect.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -30,17 +35,71 @@ class _AtShape(nn.Module):
         return self.module(torch.randn(1, *self.shape, device=param.device))
 
 
+def module_cost(module: nn.Module, shape: Shape, features: FeatureConfig) -> tuple[int, int, int]:
+    """(MACs, flash bytes, peak SRAM bytes) of `module` for one clip whose activation entering
+    it has `shape`."""
+    if next(module.parameters(), None) is None:  # zero (identity): no conv, no linear
+        return 0, 0, 0
+    profile = profile_model(_AtShape(module, shape), features)
+    return profile.macs, profile.flash_bytes, profile.peak_sram_bytes
+
+
 def module_macs(module: nn.Module, shape: Shape, features: FeatureConfig) -> int:
     """Conv/linear MACs of `module` for one clip whose activation entering it has `shape`."""
-    if next(module.parameters(), None) is None:  # zero (identity): no conv, no linear
-        return 0
-    return profile_model(_AtShape(module, shape), features).macs
+    return module_cost(module, shape, features)[0]
 
 
 @dataclass
 class MacsTable:
     fixed: int                    # stem, fixed blocks and head
     choices: list[list[int]]      # per searchable position, per candidate
+    flash: list[list[int]] = field(default_factory=list)   # bytes, like choices
+    sram: list[list[int]] = field(default_factory=list)    # bytes, like choices
+    fixed_flash: int = 0
+    fixed_sram: int = 0           # the largest fixed part's
+    max_flash: float = math.inf   # bounds (bytes) a derived or sampled net must respect
+    max_sram: float = math.inf
+
+    def bounded(self, max_flash_kb: float = 0, max_sram_kb: float = 0) -> "MacsTable":
+        """This table with flash / SRAM bounds in KiB (0: none); an SRAM bound the fixed parts
+        already exceed, or that leaves a position without a candidate, is refused."""
+        table = replace(self, max_flash=max_flash_kb * 1024 or math.inf,
+                        max_sram=max_sram_kb * 1024 or math.inf)
+        if table.fixed_sram > table.max_sram:
+            raise ValueError(f"max_sram_kb {max_sram_kb:g}: the stem, head and fixed blocks "
+                             f"alone need {table.fixed_sram / 1024:.1f} KiB of SRAM")
+        for i, srams in enumerate(table.sram):
+            if min(srams) > table.max_sram:
+                raise ValueError(f"max_sram_kb {max_sram_kb:g}: every candidate of searchable "
+                                 f"position {i} needs more (>= {min(srams) / 1024:.1f} KiB)")
+        if table.fixed_flash + sum(map(min, table.flash)) > table.max_flash:
+            raise ValueError(f"max_flash_kb {max_flash_kb:g}: the smallest net of the space "
+                             "needs "
+                             f"{(table.fixed_flash + sum(map(min, table.flash))) / 1024:.1f} KiB")
+        return table
+
+    @property
+    def memory_bounded(self) -> bool:
+        return math.isfinite(self.max_flash) or math.isfinite(self.max_sram)
+
+    def sram_allows(self, position: int, k: int) -> bool:
+        return not self.sram or self.sram[position][k] <= self.max_sram
+
+    def flash_of(self, picks: list[int]) -> int:
+        return self.fixed_flash + sum(f[k] for f, k in zip(self.flash, picks))
+
+    def sram_of(self, picks: list[int]) -> int:
+        return max([self.fixed_sram] + [s[k] for s, k in zip(self.sram, picks)])
+
+    def fits_memory(self, picks: list[int]) -> bool:
+        return (not self.memory_bounded or self.flash_of(picks) <= self.max_flash
+                and self.sram_of(picks) <= self.max_sram)
+
+    def bounds_text(self) -> str:
+        """', within F KiB flash and S KiB SRAM' for error messages ('' without bounds)."""
+        parts = [f"{v / 1024:g} KiB {name}" for name, v in
+                 (("flash", self.max_flash), ("SRAM", self.max_sram)) if math.isfinite(v)]
+        return f" within {' and '.join(parts)}" if parts else ""
 
     def expected(self, probs: list[torch.Tensor]) -> torch.Tensor:
         """E[F], differentiable in the probabilities."""
@@ -64,21 +123,26 @@ def macs_table(supernet) -> MacsTable:
     """Profile every part of a `Supernet` at the shapes its search space inferred; a block that
     recurs at the same input shape (repeated positions) is measured once."""
     space, features = supernet.space, supernet.space.features
-    measured: dict[tuple[str, Shape], int] = {}
+    measured: dict[tuple[str, Shape], tuple[int, int, int]] = {}
 
-    def block_macs(block: dict, module: nn.Module, shape: Shape) -> int:
+    def block_cost(block: dict, module: nn.Module, shape: Shape) -> tuple[int, int, int]:
         key = (repr(block), shape)
         if key not in measured:
-            measured[key] = module_macs(module, shape, features)
+            measured[key] = module_cost(module, shape, features)
         return measured[key]
 
-    fixed = module_macs(supernet.stem, input_shape(features), features)
-    fixed += module_macs(supernet.head, space.head_in_shape, features)
-    choices = []
+    fixed_parts = [module_cost(supernet.stem, input_shape(features), features),
+                   module_cost(supernet.head, space.head_in_shape, features)]
+    costs = []
     for position, module in zip(space.positions, supernet.blocks):
         if position.searchable:
-            choices.append([block_macs(block, candidate, position.in_shape)
-                            for block, candidate in zip(position.choices, module.candidates)])
+            costs.append([block_cost(block, candidate, position.in_shape)
+                          for block, candidate in zip(position.choices, module.candidates)])
         else:
-            fixed += block_macs(position.choices[0], module, position.in_shape)
-    return MacsTable(fixed, choices)
+            fixed_parts.append(block_cost(position.choices[0], module, position.in_shape))
+    return MacsTable(fixed=sum(c[0] for c in fixed_parts),
+                     choices=[[c[0] for c in cands] for cands in costs],
+                     flash=[[c[1] for c in cands] for cands in costs],
+                     sram=[[c[2] for c in cands] for cands in costs],
+                     fixed_flash=sum(c[1] for c in fixed_parts),
+                     fixed_sram=max(c[2] for c in fixed_parts))

@@ -22,10 +22,6 @@ class Scored:
     generation: int
 
 
-def _in_band(sampler: BandSampler, picks: list[int]) -> bool:
-    return sampler.low <= sampler.table.of(picks) <= sampler.high
-
-
 def mutate(picks: list[int], sampler: BandSampler, rate: float, rng: np.random.Generator,
            tries: int = 50) -> list[int]:
     """Each position redrawn uniformly with probability `rate` (at least one), inside the band."""
@@ -35,7 +31,7 @@ def mutate(picks: list[int], sampler: BandSampler, rate: float, rng: np.random.G
         positions = [i for i in range(len(child)) if rng.random() < rate]
         for i in positions or [int(rng.integers(len(child)))]:
             child[i] = int(rng.integers(n_choices[i]))
-        if child != picks and _in_band(sampler, child):
+        if child != picks and sampler.accepts(child):
             return child
     return sampler.draw(rng)
 
@@ -45,7 +41,7 @@ def crossover(a: list[int], b: list[int], sampler: BandSampler, rng: np.random.G
     """Each position from either parent, inside the band (else the first parent mutated)."""
     for _ in range(tries):
         child = [x if rng.random() < 0.5 else y for x, y in zip(a, b)]
-        if _in_band(sampler, child):
+        if sampler.accepts(child):
             return child
     return a
 

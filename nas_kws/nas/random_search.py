@@ -35,7 +35,8 @@ def open_band(cfg: SearchConfig, store=None,
     space = open_space(cfg)
     store = store if store is not None else open_dataset(cfg.data, progress=progress)
     classes = list(store.classes)
-    table = macs_table(Supernet(space, len(classes)))
+    table = macs_table(Supernet(space, len(classes))).bounded(cfg.search.max_flash_kb,
+                                                             cfg.search.max_sram_kb)
     return space, classes, BandSampler(table, *budget_band(cfg.search))
 
 

@@ -29,11 +29,13 @@ class BandSampler:
                              f"build ({table.smallest():,} .. {table.largest():,} MACs)")
         self.table, self.low, self.high = table, low, high
         self.unit = max(1.0, high * SAMPLE_RESOLUTION)
-        self.shifts = [[int(round(m / self.unit)) for m in macs] for macs in table.choices]
         slack = len(table.choices)                       # accumulated rounding, in buckets
         self.lo = max(0, int(math.floor(low / self.unit)) - slack)
         self.hi = int(math.ceil(high / self.unit)) + slack
         size = self.hi + 1
+        # a candidate over the SRAM bound never fits: its shift lies past every bucket
+        self.shifts = [[int(round(m / self.unit)) if table.sram_allows(i, k) else size
+                        for k, m in enumerate(macs)] for i, macs in enumerate(table.choices)]
         # counts[i][b]: nets of positions < i whose fixed + bucketed MACs land in bucket b
         first = np.zeros(size)
         start = int(round(table.fixed / self.unit))
@@ -48,7 +50,8 @@ class BandSampler:
             self.counts.append(new)
         window = self.counts[-1][self.lo:]
         if not window.any():
-            raise ValueError(f"no net of this space has {low:,.0f}..{high:,.0f} MACs")
+            raise ValueError(f"no net of this space has {low:,.0f}..{high:,.0f} MACs"
+                             f"{table.bounds_text()}")
 
     def candidates(self) -> float:
         """Nets whose bucketed MACs fall in the (slightly widened) window."""
@@ -68,14 +71,19 @@ class BandSampler:
         picks.reverse()
         return picks
 
+    def accepts(self, picks: list[int]) -> bool:
+        """Exact MACs inside [low, high] and within the table's memory bounds."""
+        return self.low <= self.table.of(picks) <= self.high and self.table.fits_memory(picks)
+
     def draw(self, rng: np.random.Generator, max_tries: int = 10_000) -> list[int]:
-        """One net, uniformly among those with exact MACs inside [low, high]."""
+        """One net, uniformly among those with exact MACs inside [low, high] (and within the
+        table's flash bound: rejection, like the band's edges)."""
         for _ in range(max_tries):
             picks = self._draw_bucketed(rng)
-            if self.low <= self.table.of(picks) <= self.high:
+            if self.accepts(picks):
                 return picks
-        raise ValueError(f"no net with {self.low:,.0f}..{self.high:,.0f} MACs found in "
-                         f"{max_tries} draws")
+        raise ValueError(f"no net with {self.low:,.0f}..{self.high:,.0f} MACs"
+                         f"{self.table.bounds_text()} found in {max_tries} draws")
 
     def draw_distinct(self, n: int, rng: np.random.Generator) -> list[list[int]]:
         """`n` different nets (uniform without replacement)."""

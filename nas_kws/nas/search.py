@@ -82,7 +82,8 @@ class _Search:
         self.classes = list(self.store.classes)
         seed_everything(self.t.seed)
         self.supernet = Supernet(self.space, len(self.classes), self.s.share_weights)
-        self.table: MacsTable = macs_table(self.supernet)
+        self.table: MacsTable = macs_table(self.supernet).bounded(self.s.max_flash_kb,
+                                                                  self.s.max_sram_kb)
         self.memory_format = (torch.channels_last if self.t.channels_last
                               else torch.contiguous_format)
         self.supernet.to(self.device, memory_format=self.memory_format)

@@ -67,6 +67,8 @@ class ArchSearchConfig:
     grad_reg_loss_lambda: float = 0.1
     budget_tolerance: float = 0.1         # budget mode: derived MACs within ref * (1 +- this)
     budget_rate: float = 0.5              # budget mode: multiplier step per architecture step
+    max_flash_kb: float = 0.0             # derived / sampled nets' MCU flash bound (0: none)
+    max_sram_kb: float = 0.0              # derived / sampled nets' MCU peak SRAM bound (0: none)
     arch_fraction: float = 0.1            # share of the training split held out for arch steps
 
 
@@ -149,6 +151,8 @@ def _check(cfg: SearchConfig) -> None:
         (0 < s.arch_fraction < 1, "arch_fraction", "a fraction in (0, 1)"),
         (0 < s.budget_tolerance < 1, "budget_tolerance", "a fraction in (0, 1)"),
         (s.width_mult > 0, "width_mult", "> 0"),
+        (s.max_flash_kb >= 0, "max_flash_kb", "KiB >= 0 (0: no bound)"),
+        (s.max_sram_kb >= 0, "max_sram_kb", "KiB >= 0 (0: no bound)"),
     ]
     for ok, key, expected in checks:
         if not ok:
