@@ -1,6 +1,5 @@
 """The all-integer W8A8 net: QLinear kernels for every op in onnxruntime, a full-integer .tflite
 checked with the LiteRT interpreter (skipped only without the tflite extra), and its memory."""
-import numpy as np
 import pytest
 import torch
 from quant_helpers import pattern_features, single_thread, tiny_genotype, train_on  # noqa: F401

@@ -100,8 +100,8 @@ def _runtime_friendly(proto: onnx.ModelProto) -> None:
 
     graph = proto.graph
     consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    consts.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t)
-                   for n in graph.node if n.op_type == "Constant" and n.attribute[0].name == "value"})
+    consts.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node
+                   if n.op_type == "Constant" and n.attribute[0].name == "value"})
     added: dict[str, np.ndarray] = {}
     for node in graph.node:
         if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 2:

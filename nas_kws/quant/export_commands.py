@@ -8,7 +8,6 @@ their parity is checked against; a quantized run (a Brevitas twin) exports its o
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 import torch

@@ -2,7 +2,8 @@
 after warm-up) and peak memory.
 
 The measurement runs in a fresh Python process (`python -m nas_kws.quant.latency MODEL ...`)
-that imports numpy and the runtime only (onnxruntime, or ai-edge-litert with XNNPACK). `peak_rss_mb` is the process's resident-memory peak
+that imports numpy and the runtime only (onnxruntime, or ai-edge-litert with
+XNNPACK). `peak_rss_mb` is the process's resident-memory peak
 during session creation and the runs (weights, arena, activations) above its level after those
 imports: the peak is reset after the imports through /proc/self/clear_refs (Linux), else it is
 the process's lifetime peak, import included.

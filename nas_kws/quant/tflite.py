@@ -22,7 +22,8 @@ from nas_kws.errors import NasKwsError
 from nas_kws.fileio import atomic_write
 from nas_kws.quant.fold import example_input
 
-EXTRA = "the tflite extra is not installed: pip install -e '.[tflite]' (litert-torch, ai-edge-litert)"
+EXTRA = ("the tflite extra is not installed: pip install -e '.[tflite]' (litert-torch, "
+         "ai-edge-litert)")
 ALIAS_OPS = {"RESHAPE", "SQUEEZE", "EXPAND_DIMS"}   # TFLite Micro runs these in place
 
 
@@ -90,7 +91,8 @@ def tflite_summary(path: str | Path) -> dict[str, Any]:
             float_ops[op["op_name"]] += 1
         elif any(tensors[i]["dtype"] == np.float32 for i in op["outputs"]):
             float_ops[op["op_name"]] += 1
-    io = {"input": interpreter.get_input_details()[0], "output": interpreter.get_output_details()[0]}
+    io = {"input": interpreter.get_input_details()[0],
+          "output": interpreter.get_output_details()[0]}
     return {"ops": dict(sorted(Counter(op["op_name"] for op in ops).items())),
             "float_ops": dict(float_ops),
             **{f"{k}_dtype": np.dtype(v["dtype"]).name for k, v in io.items()},
