@@ -9,8 +9,10 @@ import torch
 
 
 def set_threads() -> int:
-    """Use every core this process may run on (2 here); `NAS_KWS_THREADS` overrides."""
-    n = int(os.environ.get("NAS_KWS_THREADS", 0)) or len(os.sched_getaffinity(0))
+    """Use every core this process may run on (2 here), shared out among the processes of a
+    torchrun job on this machine (`LOCAL_WORLD_SIZE`); `NAS_KWS_THREADS` overrides."""
+    cores = len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    n = int(os.environ.get("NAS_KWS_THREADS", 0)) or max(1, cores)
     torch.set_num_threads(n)
     return n
 

@@ -15,7 +15,8 @@
     *.latency.json                              next to each benchmarked ONNX file
 
 Every sub-run (retrain/, seed<N>/, quant/..., compress/...) is a run directory itself.
-A job writing a run holds an exclusive lock on its .lock file (`RunDir.locked`).
+A job writing a run holds an exclusive lock on its .lock file (`RunDir.locked`); in a job of
+several processes (nas_kws.distributed) rank 0 writes the run and holds the lock.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from typing import Any
 
 import torch
 
+from nas_kws import distributed
 from nas_kws.config import ExperimentConfig, from_dict
 from nas_kws.errors import NasKwsError
 from nas_kws.features import FeatureConfig
@@ -164,9 +166,10 @@ class RunDir:
         """Hold an exclusive lock on the run while writing it, so a second writer gets an error
         rather than mixing its checkpoints into this run's. The OS drops it when the process
         dies (resume after kill -9 works); nested holds in one process are free. A folder made
-        just for the lock is removed again when the job fails before writing anything."""
+        just for the lock is removed again when the job fails before writing anything. Only rank
+        0 of a job of several processes writes, so only it takes the lock."""
         lock = (self.path / LOCK_NAME).resolve()  # one key per file, however it is spelt
-        if lock in _HELD:
+        if lock in _HELD or not distributed.is_main():
             yield
             return
         if self.path.exists() and not self.path.is_dir():

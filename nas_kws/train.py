@@ -11,13 +11,14 @@ import statistics
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from nas_kws import distributed
 from nas_kws.config import ExperimentConfig, TrainConfig, to_dict
 from nas_kws.data.loader import open_dataset
 from nas_kws.data.pipeline import Pipeline
@@ -73,10 +74,13 @@ def stops_after(epoch: int, stop_after_epoch: int | None, total: int) -> bool:
 def train_step(model: nn.Module, feats: torch.Tensor, labels: torch.Tensor,
                optimizer: torch.optim.Optimizer, cfg: TrainConfig, where: str,
                scaler: torch.amp.GradScaler | None = None,
-               soft_targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               soft_targets: torch.Tensor | None = None,
+               after_backward: Callable[[], None] | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
     """One weight update; returns (loss, logits), both detached. `soft_targets` (probabilities)
-    replace the labels, for in-place distillation inside a supernet. A non-finite loss stops
-    before the update, naming `where`."""
+    replace the labels, for in-place distillation inside a supernet. `after_backward` runs
+    between the backward pass and the update (a supernet averages its gradients over the
+    processes there). A non-finite loss stops before the update, naming `where`."""
     use_amp = scaler is not None and scaler.is_enabled()
     with torch.autocast(feats.device.type, dtype=torch.float16, enabled=use_amp):
         logits = model(feats).float()
@@ -89,9 +93,13 @@ def train_step(model: nn.Module, feats: torch.Tensor, labels: torch.Tensor,
     optimizer.zero_grad(set_to_none=True)
     if scaler is None:
         loss.backward()
+        if after_backward:
+            after_backward()
         optimizer.step()
     else:
         scaler.scale(loss).backward()
+        if after_backward:
+            after_backward()
         scaler.step(optimizer)
         scaler.update()
     return loss.detach(), logits.detach()
@@ -114,6 +122,10 @@ def fit(model: nn.Module, cfg: ExperimentConfig, run_dir: str | Path, resume: bo
 
     `stop_after_epoch` ends the job after that epoch with its checkpoint written, for time-boxed
     machines; `resume=True` then continues exactly where it stopped.
+
+    In a torchrun job of several processes (nas_kws.distributed) each trains its part of every
+    global batch through DistributedDataParallel; rank 0 alone validates, writes the run and
+    returns the metrics (the others return {}).
     """
     with RunDir(run_dir).locked():
         return _fit(model, cfg, run_dir, resume, store, progress, stop_after_epoch)
@@ -125,10 +137,12 @@ def _fit(model: nn.Module, cfg: ExperimentConfig, run_dir: str | Path, resume: b
 
     t = cfg.train
     run = RunDir(run_dir)
+    main = distributed.is_main()
+    progress = progress and main
     device = pick_device(t.device)
     store = store if store is not None else open_dataset(cfg.data, progress=progress)
     features = model.feature_config
-    pipe = Pipeline(store, cfg, features, device)
+    pipe = Pipeline(store, cfg, features, device, distributed.shard())
     if getattr(model, "num_classes", len(pipe.classes)) != len(pipe.classes):
         raise ValueError(f"model has {model.num_classes} outputs but the data has "
                          f"{len(pipe.classes)} classes {pipe.classes}")
@@ -147,20 +161,24 @@ def _fit(model: nn.Module, cfg: ExperimentConfig, run_dir: str | Path, resume: b
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+        set_rng_state(distributed.own_rng_state(state))
         start_epoch, best_acc = state["epoch"] + 1, state["best_valid_acc"]
         history = state["history"]
     else:
-        run.write_setup(to_dict(cfg), features, pipe.classes)
+        distributed.seed_ranks(t.seed)
+        if main:
+            run.write_setup(to_dict(cfg), features, pipe.classes)
+    replicas = distributed.wrap(model)
+    rank_rngs: dict[str, Any] = {}      # every process's RNG states, for a job of several
 
     def checkpoint(epoch: int) -> dict[str, Any]:
         return {"model": model.state_dict(), "model_spec": model.spec,
                 "features": features.to_dict(), "classes": pipe.classes, "epoch": epoch,
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "rng": rng_state(), "best_valid_acc": best_acc,
-                "history": history, "config": to_dict(cfg)}
+                "scaler": scaler.state_dict(), "rng": rng_state(), **rank_rngs,
+                "best_valid_acc": best_acc, "history": history, "config": to_dict(cfg)}
 
-    if t.select_start and start_epoch == 0:
+    if t.select_start and start_epoch == 0 and main:
         # Fine-tuning a quantized or compressed net must not select weights worse than its start.
         best_acc = evaluate(model, pipe.frontend, valid_loader, device, len(pipe.classes)).accuracy
         run.save_checkpoint("best", checkpoint(-1))
@@ -169,12 +187,12 @@ def _fit(model: nn.Module, cfg: ExperimentConfig, run_dir: str | Path, resume: b
         path = run.checkpoint_path("last")
         return str(path) if path.is_file() else "none yet, the run stopped in its first epoch"
 
-    writer = SummaryWriter(str(run.tb_dir))
+    writer = SummaryWriter(str(run.tb_dir)) if main else None
     started = time.time()
     epochs = tqdm(range(start_epoch, t.epochs), desc="epochs", disable=not progress,
                   initial=start_epoch, total=t.epochs)
     for epoch in epochs:
-        model.train()
+        replicas.train()
         pipe.train_loader.set_epoch(epoch)
         g = pipe.generator(epoch)
         steps = steps_per_epoch(len(pipe.train_loader), t)
@@ -187,7 +205,7 @@ def _fit(model: nn.Module, cfg: ExperimentConfig, run_dir: str | Path, resume: b
             feats, labels = pipe.train_batch(waves, labels, g)
             feats = feats.contiguous(memory_format=memory_format)
             try:
-                loss, logits = train_step(model, feats, labels, optimizer, t,
+                loss, logits = train_step(replicas, feats, labels, optimizer, t,
                                           f"epoch {epoch} step {step}", scaler)
             except NonFiniteLossError as err:
                 raise NonFiniteLossError(f"{err}; last good checkpoint: {last_good()}") from None
@@ -196,23 +214,33 @@ def _fit(model: nn.Module, cfg: ExperimentConfig, run_dir: str | Path, resume: b
             correct += (logits.argmax(1) == labels).sum().item()
             seen += len(labels)
             batches.set_postfix(loss=f"{loss.item():.3f}")
-        valid = evaluate(model, pipe.frontend, valid_loader, device, len(pipe.classes))
-        row = {"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen,
-               "valid_loss": valid.loss, "valid_acc": valid.accuracy,
-               "lr": optimizer.param_groups[0]["lr"]}
-        history.append(row)
-        _log_epoch(writer, epoch, row, valid, pipe.classes)
-        epochs.set_postfix(train_acc=f"{row['train_acc']:.3f}", valid_acc=f"{valid.accuracy:.3f}")
-        if valid.accuracy > best_acc:
-            best_acc = valid.accuracy
-            run.save_checkpoint("best", checkpoint(epoch))
-        run.save_checkpoint("last", checkpoint(epoch))
+        distributed.check_replicas(model, f"epoch {epoch}")
+        loss_sum, correct, seen = distributed.sum_over_ranks([loss_sum, correct, seen])
+        rank_rngs = distributed.rank_rng_states()
+        if main:
+            valid = evaluate(model, pipe.frontend, valid_loader, device, len(pipe.classes))
+            row = {"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen,
+                   "valid_loss": valid.loss, "valid_acc": valid.accuracy,
+                   "lr": optimizer.param_groups[0]["lr"]}
+            history.append(row)
+            _log_epoch(writer, epoch, row, valid, pipe.classes)
+            epochs.set_postfix(train_acc=f"{row['train_acc']:.3f}",
+                               valid_acc=f"{valid.accuracy:.3f}")
+            if valid.accuracy > best_acc:
+                best_acc = valid.accuracy
+                run.save_checkpoint("best", checkpoint(epoch))
+            run.save_checkpoint("last", checkpoint(epoch))
         if stops_after(epoch, stop_after_epoch, t.epochs):
-            writer.close()
+            if writer:
+                writer.close()
             return {"stopped_after_epoch": epoch}
+    if not main:
+        return {}
 
     metrics = final_metrics(model, run, pipe, device, history, writer)
     metrics["train_seconds"] = time.time() - started
+    if distributed.world_size() > 1:
+        metrics["processes"] = distributed.world_size()
     writer.close()
     run.write_metrics(metrics)
     return metrics
@@ -254,7 +282,7 @@ def train_experiment(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = 
     run = RunDir(run_dir)
     store = open_dataset(cfg.data, progress=progress)
     with run.locked():
-        if not resume and run.started:
+        if not resume and run.started and distributed.is_main():
             if not overwrite:
                 state = "finished" if run.finished else "started"
                 raise FileExistsError(f"{run.path} already holds a {state} run; use --resume to "
@@ -269,8 +297,8 @@ def _train_seeds(cfg: ExperimentConfig, run: RunDir, resume: bool, store,
     from nas_kws.models import create_model
 
     seeds = [cfg.train.seed + k for k in range(cfg.train.seeds)]
-    if len(seeds) > 1 and not resume:  # what `--resume` reads, and what marks the run started
-        write_yaml(run.config_path, to_dict(cfg))
+    if len(seeds) > 1 and not resume and distributed.is_main():
+        write_yaml(run.config_path, to_dict(cfg))  # what `--resume` reads; marks the run started
     results = []
     for seed in seeds:
         seed_cfg = replace(cfg, train=replace(cfg.train, seed=seed, seeds=1))
@@ -284,7 +312,7 @@ def _train_seeds(cfg: ExperimentConfig, run: RunDir, resume: bool, store,
         results.append(fit(model, seed_cfg, seed_run.path,
                            resume=resume and seed_run.can_resume, store=store,
                            progress=progress))
-    if len(seeds) == 1:
+    if len(seeds) == 1 or not distributed.is_main():
         return results[0]
     summary = {"seeds": seeds, "runs": [f"seed{s}" for s in seeds],
                "params": results[0]["params"], "macs": results[0]["macs"]}

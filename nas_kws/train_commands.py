@@ -6,7 +6,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from nas_kws.cliflags import add_quiet_flag, add_set_flag, overrides_from_args
+from nas_kws import distributed
+from nas_kws.cliflags import add_nproc_flag, add_quiet_flag, add_set_flag, overrides_from_args
 from nas_kws.config import (
     ExperimentConfig,
     check_at_least,
@@ -62,7 +63,8 @@ def resume_config(args: argparse.Namespace) -> ExperimentConfig:
                          f"{run.metrics_path.name}); --resume continues an interrupted run")
     check_at_least(args.epochs, 1, "--epochs")
     cfg = replace(cfg, train=replace(cfg.train, epochs=args.epochs))
-    write_yaml(run.config_path, to_dict(cfg))
+    if distributed.is_main():
+        write_yaml(run.config_path, to_dict(cfg))
     return cfg
 
 
@@ -72,7 +74,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         metrics = train_experiment(resume_config(args), args.resume, resume=True,
                                    progress=not args.quiet)
-        print_metrics(metrics, args.resume)
+        if distributed.is_main():
+            print_metrics(metrics, args.resume)
         return 0
     if bool(args.model) == bool(args.genotype):
         raise ValueError("train: give exactly one of --model NAME or --genotype FILE "
@@ -82,9 +85,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(ExperimentConfig, config,
                       {**overrides_from_args(args, EXPERIMENT_FLAGS), "model": model})
     stem = Path(model).parent.name if args.genotype else model
-    run_dir = args.run_dir or f"runs/{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = args.run_dir or distributed.broadcast_object(
+        f"runs/{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     metrics = train_experiment(cfg, run_dir, progress=not args.quiet, overwrite=args.overwrite)
-    print_metrics(metrics, run_dir)
+    if distributed.is_main():
+        print_metrics(metrics, run_dir)
     return 0
 
 
@@ -131,6 +136,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run already in --run_dir (removes what it wrote)")
     add_quiet_flag(p)
+    add_nproc_flag(p)
     add_experiment_flags(p)
     p.set_defaults(func=cmd_train)
 

@@ -18,9 +18,14 @@ def spec_augment_for(cfg: ExperimentConfig) -> SpecAugment:
 
 
 class Pipeline:
-    """Everything between the store and the model: loaders, augmentation and features."""
+    """Everything between the store and the model: loaders, augmentation and features.
 
-    def __init__(self, store, cfg: ExperimentConfig, features: FeatureConfig, device: torch.device):
+    In a job of several processes (`shard` = (rank, world size)) the training loader yields this
+    process's part of every global batch, and `train_batch` augments it exactly as one process
+    augments those clips of the whole batch."""
+
+    def __init__(self, store, cfg: ExperimentConfig, features: FeatureConfig, device: torch.device,
+                 shard: tuple[int, int] = (0, 1)):
         if features.sample_rate != store.sample_rate or features.num_samples != store.num_samples:
             raise ValueError(f"features: {features.sample_rate} Hz x {features.num_samples} "
                              f"samples do not match the data ({store.sample_rate} Hz x "
@@ -38,8 +43,9 @@ class Pipeline:
         self.train_loader = BatchLoader(train.audio, train.labels, t.batch_size, shuffle=True,
                                         seed=t.seed, balanced=t.balanced,
                                         drop_last=len(train.labels) >= t.batch_size,
-                                        split="train")
+                                        split="train", shard=shard)
         self.seed = t.seed
+        self.shard = shard
 
     def loader(self, split: str, batch_size: int) -> BatchLoader:
         arrays = self.store.split(split)
@@ -52,6 +58,8 @@ class Pipeline:
     def train_batch(self, waves: torch.Tensor, labels: torch.Tensor,
                     g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         waves, labels = waves.to(self.device, non_blocking=True), labels.to(self.device)
+        rank, world = self.shard
+        part = (rank * len(labels), world * len(labels)) if world > 1 else None
         with torch.no_grad():
-            feats = self.spec_augment(self.frontend(self.augment(waves, labels, g)), g)
+            feats = self.spec_augment(self.frontend(self.augment(waves, labels, g, part)), g, part)
         return feats, labels

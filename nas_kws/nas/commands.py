@@ -11,8 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from nas_kws import distributed
 from nas_kws.cliflags import (
     add_debug_flag,
+    add_nproc_flag,
     add_quiet_flag,
     add_set_flag,
     overrides_from_args,
@@ -22,6 +24,8 @@ from nas_kws.nas.arch_loss import REG_LOSS_TYPES
 from nas_kws.nas.mixed_op import BINARY_MODES
 from nas_kws.nas.search_config import PRESETS, STRATEGIES, TARGETS, SearchConfig, load_search_config
 from nas_kws.runs import RunDir
+
+DISTRIBUTED_STRATEGIES = ("proxyless", "evolution")   # the supernet strategies
 
 FLAG_KEYS = {  # flag -> config key (Peter et al.'s flag names where they exist)
     "strategy": "search.strategy", "n": "search.n_random",
@@ -119,17 +123,20 @@ def run_command(args: argparse.Namespace) -> int:
         run_dir = Path(args.path)
     else:
         cfg = config_from_args(args)
-        run_dir = Path(args.path or f"runs/search-{Path(cfg.search.search_space).stem}-"
-                                    f"{time.strftime('%Y%m%d-%H%M%S')}")
+        run_dir = Path(args.path or distributed.broadcast_object(
+            f"runs/search-{Path(cfg.search.search_space).stem}-{time.strftime('%Y%m%d-%H%M%S')}"))
     run = RunDir(run_dir)
     with run.locked():  # a second search into the same --path is refused, not interleaved
-        if not args.resume and run.started:
+        if not args.resume and run.started and distributed.is_main():
             raise ValueError(f"{run_dir} already holds a run; use --resume or another --path")
         return _run_search(cfg, run_dir, args)
 
 
 def _run_search(cfg: SearchConfig, run_dir: Path, args: argparse.Namespace) -> int:
     """The search of `cfg.search.strategy`, in `run_dir`, and its summary."""
+    if distributed.world_size() > 1 and cfg.search.strategy not in DISTRIBUTED_STRATEGIES:
+        raise ValueError(f"search.strategy {cfg.search.strategy}: runs in one process; torchrun "
+                         f"spreads {' and '.join(DISTRIBUTED_STRATEGIES)} over several")
     if cfg.search.strategy == "halving":
         from nas_kws.nas.halving import successive_halving
 
@@ -144,13 +151,15 @@ def _run_search(cfg: SearchConfig, run_dir: Path, args: argparse.Namespace) -> i
     from nas_kws.nas.search import search
 
     metrics = search(cfg, run_dir, resume=args.resume, progress=not args.quiet)
-    print_summary(metrics, run_dir)
+    if distributed.is_main():
+        print_summary(metrics, run_dir)
     return 0
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("search", help="ProxylessNAS architecture search (arch_search.py)")
     add_search_flags(p)
+    add_nproc_flag(p)
     p.set_defaults(func=run_command)
 
 

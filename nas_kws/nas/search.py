@@ -9,6 +9,11 @@ Each epoch ends with an atomic checkpoint, the derived genotype.yaml, a row of
 arch_history.csv and TensorBoard scalars/images, so an interrupted search resumes exactly.
 By default `flops_ref_value` is a budget: the derived net lands within +-10% of it; mul#log and
 add#linear are Peter et al.'s soft penalties (arch_loss.py). The CLI is in nas/commands.py.
+
+In a torchrun job of several processes (nas_kws.distributed) every process draws the same paths
+and gates (shared seeded generators), trains on its part of every global batch and averages the
+gradients that exist (weights of the sampled path, then architecture parameters) before each
+update; rank 0 alone validates, derives and writes the run.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from nas_kws import distributed
 from nas_kws.config import ExperimentConfig, to_dict
 from nas_kws.data.loader import BatchLoader, open_dataset
 from nas_kws.data.pipeline import Pipeline
@@ -102,16 +108,20 @@ class _Search:
         # where the search has a budget and asks for it, else uniform per position / by p
         self.sampler = BandSampler(self.table, *self.band) if self.band else None
         experiment = ExperimentConfig(data=cfg.data, augment=cfg.augment, train=cfg.train)
-        self.pipe = Pipeline(self.store, experiment, self.space.features, self.device)
+        shard = distributed.shard()
+        self.pipe = Pipeline(self.store, experiment, self.space.features, self.device, shard)
         train = self.store.split("train")
         weight_idx, arch_idx = split_training(len(train), self.s.arch_fraction,
                                               self.t.batch_size, self.t.seed)
         self.weight_loader = BatchLoader(train.audio, train.labels, self.t.batch_size,
                                          shuffle=True, seed=self.t.seed, drop_last=True,
-                                         indices=weight_idx, split="train (weight steps)")
-        self.arch_loader = BatchLoader(train.audio, train.labels, self.t.batch_size,
-                                       shuffle=True, seed=self.t.seed + 1, indices=arch_idx,
-                                       split="train (architecture steps)")
+                                         indices=weight_idx, split="train (weight steps)",
+                                         shard=shard)
+        held_out = dict(audio=train.audio, labels=train.labels, batch_size=self.t.batch_size,
+                        shuffle=True, seed=self.t.seed + 1, indices=arch_idx,
+                        split="train (architecture steps)")
+        self.arch_loader = BatchLoader(**held_out, shard=shard)
+        self.recalibration_loader = BatchLoader(**held_out)    # whole batches, for rank 0
         self.valid_loader = self.pipe.loader("valid", self.t.eval_batch_size)
         self.steps = steps_per_epoch(len(self.weight_loader), self.t)
         self.weight_opt = build_optimizer(self.supernet.weight_parameters(), self.t)
@@ -121,14 +131,16 @@ class _Search:
         self.columns = history_columns(self.space)
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
+        self.rank_rngs: dict[str, Any] = {}  # every process's RNG states, in a job of several
         self.writer = None      # TensorBoard, opened by `search`
+        distributed.seed_ranks(self.t.seed)
 
     # state --------------------------------------------------------------------------------------
     def state(self, epoch: int) -> dict[str, Any]:
         return {"supernet": self.supernet.state_dict(), "epoch": epoch, "rng": rng_state(),
                 "weight_optimizer": self.weight_opt.state_dict(),
                 "arch_optimizer": self.arch_opt.state_dict(),
-                "multiplier": self.budget.value if self.budget else None,
+                **self.rank_rngs, "multiplier": self.budget.value if self.budget else None,
                 "history": self.history, "config": to_dict(self.cfg), "space": self.space.name,
                 "features": self.space.features.to_dict(), "classes": self.classes}
 
@@ -137,7 +149,7 @@ class _Search:
         self.supernet.load_state_dict(state["supernet"])
         self.weight_opt.load_state_dict(state["weight_optimizer"])
         self.arch_opt.load_state_dict(state["arch_optimizer"])
-        set_rng_state(state["rng"])
+        set_rng_state(distributed.own_rng_state(state))
         if self.budget:
             self.budget.value = state["multiplier"]
         self.history, self.start_epoch = state["history"], state["epoch"] + 1
@@ -164,9 +176,13 @@ class _Search:
 
     def weight_step(self, feats: torch.Tensor, labels: torch.Tensor,
                     where: str) -> tuple[float, int]:
-        """The trainer's step on the current path."""
-        loss, logits = train_step(self.supernet, feats, labels, self.weight_opt, self.t, where)
+        """The trainer's step on the current path (gradients averaged over the processes)."""
+        loss, logits = train_step(self.supernet, feats, labels, self.weight_opt, self.t, where,
+                                  after_backward=self.average_weight_gradients)
         return loss.item(), int((logits.argmax(1) == labels).sum())
+
+    def average_weight_gradients(self) -> None:
+        distributed.average_gradients(self.supernet.weight_parameters())
 
     @torch.no_grad()
     def features(self, waves: torch.Tensor) -> torch.Tensor:
@@ -176,8 +192,8 @@ class _Search:
 
     def held_out_features(self, epoch: int) -> Iterator[torch.Tensor]:
         """Up to RECALIBRATION_BATCHES batches of the held-out slice, in an epoch-fixed order."""
-        self.arch_loader.set_epoch(epoch)
-        for _, (waves, _) in zip(range(RECALIBRATION_BATCHES), self.arch_loader):
+        self.recalibration_loader.set_epoch(epoch)
+        for _, (waves, _) in zip(range(RECALIBRATION_BATCHES), self.recalibration_loader):
             yield self.features(waves)
 
     def arch_step(self, waves: torch.Tensor, labels: torch.Tensor,
@@ -192,6 +208,7 @@ class _Search:
                          self.s.grad_reg_loss_lambda, self.budget.value if self.budget else 0.0)
         self.arch_opt.zero_grad(set_to_none=True)
         self.supernet.arch_backward(loss)
+        distributed.average_gradients(self.supernet.arch_parameters())
         self.arch_opt.step()
         if self.s.grad_binary_mode == "two":
             self.supernet.rescale_two()
@@ -235,6 +252,11 @@ class _Search:
             if arch_steps and (step + 1) % self.s.grad_update_arch_param_every == 0:
                 arch_losses.append(self.arch_step(*next(arch_batches), path_gen)[0])
             batches.set_postfix(loss=f"{loss:.3f}")
+        distributed.check_replicas(self.supernet, f"epoch {epoch}")
+        loss_sum, correct, seen = distributed.sum_over_ranks([loss_sum, correct, seen])
+        self.rank_rngs = distributed.rank_rng_states()
+        if not distributed.is_main():
+            return {}
         return self.end_epoch(epoch, warm, loss_sum / seen, correct / seen,
                               float(np.mean(arch_losses)) if arch_losses else float("nan"),
                               lr, time.time() - started)
@@ -328,21 +350,26 @@ def search(cfg: SearchConfig, run_dir: str | Path, resume: bool = False, store=N
     `stop_after_epoch` ends the job after that epoch with its checkpoint written."""
     from torch.utils.tensorboard import SummaryWriter
 
+    main = distributed.is_main()
+    progress = progress and main
     job = _Search(cfg, run_dir, store, progress)
     if resume:
         job.restore()
-    else:
+    elif main:
         job.run.write_setup(to_dict(cfg), job.space.features, job.classes)
     total = job.s.warmup_epochs + job.s.n_epochs
-    job.writer = SummaryWriter(str(job.run.tb_dir))
+    job.writer = SummaryWriter(str(job.run.tb_dir)) if main else None
     try:
         for epoch in tqdm(range(job.start_epoch, total), desc="search", disable=not progress,
                           initial=job.start_epoch, total=total):
             job.run_epoch(epoch)
             if stops_after(epoch, stop_after_epoch, total):
                 return {"stopped_after_epoch": epoch}
+        if not main:
+            return {}
         metrics = job.finish()
     finally:
-        job.writer.close()
+        if job.writer:
+            job.writer.close()
     job.run.write_metrics(metrics)
     return metrics

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas_kws.cliflags import add_quiet_flag, add_set_flag, overrides_from_args
+from nas_kws import distributed
+from nas_kws.cliflags import add_nproc_flag, add_quiet_flag, add_set_flag, overrides_from_args
 from nas_kws.config import check_at_least
 from nas_kws.fileio import read_json, write_json
 from nas_kws.runs import RunDir
@@ -114,6 +115,9 @@ def cmd_qat(args: argparse.Namespace) -> int:
 
     check_at_least(args.calib_clips, 1, "--calib_clips")
     check_at_least(args.epochs, 1, "--epochs")
+    if args.method == "calibrate" and distributed.world_size() > 1:
+        raise ValueError("--method calibrate trains nothing and runs in one process; drop "
+                         "--nproc / torchrun")
     model, features, classes = load_float(args.run_dir, "quantization")
     spec = _quant_spec(args)
     cfg = finetune_config(args.run_dir, args, QAT_TRAIN)
@@ -130,6 +134,8 @@ def cmd_qat(args: argparse.Namespace) -> int:
         print(f"calibrated {spec.tag} on {clips} clips: test accuracy {acc:.4f}")
     else:
         metrics = fit(twin, cfg, out.path, store=store, progress=not args.quiet)
+        if not distributed.is_main():
+            return 0
         metrics.update(method="qat", calibration_clips=clips)
         out.write_metrics(metrics)
         print(f"QAT {spec.tag}, {cfg.train.epochs} epochs: test accuracy "
@@ -232,6 +238,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--method", choices=["qat", "calibrate"], default="qat")
     p.add_argument("--calib_clips", type=int, default=500, help="training clips for calibration")
     _finetune_flags(p, epochs=3, lr=1e-4)
+    add_nproc_flag(p)
     p.set_defaults(func=cmd_qat)
 
     compress = subparsers.add_parser("compress", help="compress a trained run")
