@@ -3,21 +3,18 @@ gloo on the tone set: rank 0 alone writes, replicas stay identical, two processe
 the same global batch where the semantics promise it, and a killed job resumes exactly."""
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from test_faults import run_killed_after_first_checkpoint
 
 from nas_kws.cli import main
-from nas_kws.config import AugmentConfig
+from nas_kws.config import AugmentConfig, to_dict
 from nas_kws.data.augment import Augmenter, SpecAugment
 from nas_kws.data.loader import BatchLoader
 from nas_kws.runs import RunDir
@@ -105,41 +102,12 @@ def test_two_process_training_is_written_by_rank_0_alone(two_process_run):
     assert not any(p.name.endswith(".tmp") for p in run.path.rglob("*"))
 
 
-def descendants(pid: int) -> list[int]:
-    """Every process below `pid` (torchrun starts its workers in sessions of their own, so a
-    process group does not reach them)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        below = children.get(todo.pop(), [])
-        found += below
-        todo += below
-    return found
-
-
 def test_a_killed_two_process_training_resumes_to_the_same_weights(tone_root, tmp_path,
                                                                    two_process_run):
     killed = RunDir(tmp_path / "killed")
-    job = subprocess.Popen([*TORCHRUN, "-m", "nas_kws", "train", *TRAIN_FLAGS, "--data_root",
-                            str(tone_root), "--run_dir", str(killed.path)],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 120
-        while not killed.has_checkpoint("last") and job.poll() is None:
-            assert time.time() < deadline, "no checkpoint within 2 minutes"
-            time.sleep(0.02)
-    finally:
-        for pid in [job.pid, *descendants(job.pid)]:     # the launcher and both workers
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        job.wait()
-    assert not killed.finished
+    run_killed_after_first_checkpoint(["-m", "nas_kws", "train", *TRAIN_FLAGS, "--data_root",
+                                       str(tone_root), "--run_dir", str(killed.path)],
+                                      killed, tuple(TORCHRUN))
     assert main(["train", "--resume", str(killed.path), "--nproc", "2", "--quiet"]) == 0
     assert same_tensors(two_process_run.load_checkpoint("last")["model"],
                         killed.load_checkpoint("last")["model"])
@@ -172,21 +140,15 @@ def test_two_processes_fine_tune_like_one_on_the_same_global_batch(tone_root, tm
 
 
 def test_a_two_process_search_derives_a_genotype(tone_root, tmp_path):
-    from test_nas import TINY_SPACE
+    from test_nas import _tiny_search_config
 
-    space = tmp_path / "tiny.yaml"
-    space.write_text(yaml.safe_dump(TINY_SPACE))
     config = tmp_path / "search.yaml"
-    config.write_text(yaml.safe_dump({
-        "data": {"dataset": "folders", "root": str(tone_root)}, "augment": {"noise_prob": 0.0},
-        "train": {"batch_size": 20, "eval_batch_size": 100, "max_steps_per_epoch": 4},
-        "search": {"search_space": str(space), "warmup_epochs": 1, "n_epochs": 2,
-                   "grad_update_arch_param_every": 2, "flops_ref_value": 3e5,
-                   "grad_reg_loss_type": "mul#log"}}))
+    config.write_text(yaml.safe_dump(to_dict(_tiny_search_config(tmp_path, tone_root))))
     run = RunDir(tmp_path / "search")
     assert main(["search", "--config", str(config), "--path", str(run.path), "--quiet",
                  "--nproc", "2"]) == 0
     metrics = run.read_metrics()
-    assert [r["phase"] for r in metrics["history"]] == ["warmup", "search", "search"]
+    assert [r["phase"] for r in metrics["history"]] == ["warmup", "search"]
+    assert metrics["history"][-1]["arch_loss"] > 0          # architecture steps ran
     assert yaml.safe_load(run.genotype_path.read_text())["blocks"]
     assert len(run.load_checkpoint("last")["rng_ranks"]) == 2 and len(events_files(run)) == 1

@@ -8,6 +8,7 @@ import hashlib
 import math
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -445,17 +446,38 @@ def test_a_multi_seed_run_is_marked_started_and_resumes(tone_root, tmp_path, cap
 
 # --- kill -9 during training or a search: resume ends where an uninterrupted run does ----------
 
-def run_killed_after_first_checkpoint(argv: list[str], run: RunDir) -> None:
-    """Run the `nas-kws` command `argv` in a child and SIGKILL it once `run` has a checkpoint."""
-    child = subprocess.Popen([sys.executable, "-m", "nas_kws.cli", *argv],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (torchrun starts its workers in sessions of their own, so a
+    process group does not reach them)."""
+    children: dict[int, list[int]] = {}
+    for status in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = status.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(status.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        below = children.get(todo.pop(), [])
+        found += below
+        todo += below
+    return found
+
+
+def run_killed_after_first_checkpoint(argv: list[str], run: RunDir,
+                                      launcher: tuple[str, ...] = (sys.executable, "-m",
+                                                                   "nas_kws.cli")) -> None:
+    """Run `launcher` + `argv` (the `nas-kws` command by default) in a child and SIGKILL it and
+    every process under it once `run` has a checkpoint."""
+    child = subprocess.Popen([*launcher, *argv], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120
         while not run.has_checkpoint("last") and child.poll() is None:
             assert time.time() < deadline, "no checkpoint within 2 minutes"
             time.sleep(0.02)
     finally:
-        child.kill()
+        for pid in [child.pid, *descendants(child.pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         child.wait()
     assert not run.finished  # killed mid-run
 
