@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "nas_kws.quant.export_commands",
     "nas_kws.report_commands",
     "nas_kws.demo_commands",
+    "nas_kws.sweep.commands",
 )
 
 

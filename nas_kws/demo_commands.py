@@ -9,7 +9,6 @@ finished steps are skipped, an interrupted search or training resumes from its c
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
 from nas_kws.config import EXPERIMENTS_DIR
@@ -36,20 +35,10 @@ def run_step(args: argparse.Namespace, argv: list[str]) -> None:
                           "continue from the finished steps") from err
 
 
-def resumable(run: RunDir) -> bool:
-    """True when a run has a checkpoint to continue from. A run folder without one stopped
-    before its first epoch ended and holds nothing worth keeping, so it is cleared."""
-    if run.can_resume:
-        return True
-    if run.path.exists():
-        shutil.rmtree(run.path)
-    return False
-
-
 def search_step(args: argparse.Namespace, search: RunDir) -> None:
     if search.finished:
         return
-    if resumable(search):
+    if search.keep_if_resumable():
         run_step(args, ["search", "--path", str(search.path), "--resume"])
         return
     argv = ["search", "--path", str(search.path), "--config", str(DEMO_SEARCH),
@@ -65,7 +54,7 @@ def search_step(args: argparse.Namespace, search: RunDir) -> None:
 def train_step(args: argparse.Namespace, run: RunDir, model_flags: list[str]) -> None:
     if run.finished:
         return
-    if resumable(run):
+    if run.keep_if_resumable():
         run_step(args, ["train", "--resume", str(run.path)])
         return
     argv = ["train", *model_flags, "--config", str(DEMO_RECIPE), "--run_dir", str(run.path),

@@ -84,7 +84,9 @@ def _fmt(key: str, value: Any) -> str:
     return str(value)
 
 
-def _md_table(keys: list[str], body: list[dict[str, Any]]) -> list[str]:
+def md_table(keys: list[str], body: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines of a table: floats are accuracies shown in %, but for `*KiB` and `*_ms`
+    columns; `params` and `MACs` get thousands separators; None is `-`."""
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     return lines + ["| " + " | ".join(_fmt(k, v.get(k)) for k in keys) + " |" for v in body]
 
@@ -101,7 +103,7 @@ def markdown(rows: list[Row], runs: list[str]) -> str:
              "its peak of int8 tensors alive at once (`nas-kws profile`); tflite_sram: the same "
              "walk on the exported .tflite graph. Latency: onnxruntime (and LiteRT) median per "
              "clip, batch 1, 1 thread.", "",
-             *_md_table(main, body)]
+             *md_table(main, body)]
     rounded = [k for r in rows for k in r.quant if k.startswith("PTQ") and k != "PTQ fp32"]
     if rounded:
         schemes = sorted({k.partition(" ")[2] or PTQ_DEFAULT_SCHEME for k in rounded})
@@ -116,7 +118,7 @@ def markdown(rows: list[Row], runs: list[str]) -> str:
                                      "fp32": r.quant.get("PTQ fp32"), **accs})
         lines += ["", "## Post-training rounding (batch norm folded, every conv and linear)", "",
                   "`fp32`: the float net in the same evaluation pass as the rounded ones.", "",
-                  *_md_table(["model", "scheme", "fp32", *(f"{b} bits" for b in bits)], ptq_rows)]
+                  *md_table(["model", "scheme", "fp32", *(f"{b} bits" for b in bits)], ptq_rows)]
     lines += ["", f"![accuracy vs MACs]({MACS_PLOT})", f"![accuracy vs size]({SIZE_PLOT})", "",
               "Runs read:", ""]
     lines += [f"- `{run}`" for run in runs]

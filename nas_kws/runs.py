@@ -205,6 +205,15 @@ class RunDir:
         """A `last` checkpoint, or the one before it, is there to continue from."""
         return self.has_checkpoint("last") or self.has_checkpoint("last.prev")
 
+    def keep_if_resumable(self) -> bool:
+        """True when the run has a checkpoint to continue from. A run folder without one stopped
+        before its first epoch ended and holds nothing worth keeping, so it is removed."""
+        if self.can_resume:
+            return True
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        return False
+
     def write_setup(self, config: dict[str, Any], features: FeatureConfig,
                     classes: list[str]) -> None:
         write_yaml(self.config_path, config)

@@ -27,9 +27,10 @@ LAYERS: list[list[str]] = [
     ["quant.*"],
     ["rebuild"],
     ["report_rows", "report"],
+    ["sweep.*"],
     ["cliflags", "train_commands", "data.commands", "profiling_commands", "nas.commands",
-     "quant.commands", "quant.export_commands", "report_commands", "demo_commands", "cli",
-     "__main__"],
+     "quant.commands", "quant.export_commands", "report_commands", "demo_commands",
+     "sweep.commands", "sweep.launch", "cli", "__main__"],
 ]
 
 # Upward imports outside models/ that predate this test, as (importer, imported); each entry
