@@ -3,7 +3,8 @@ pipeline a trial is (search -> train -> optional QAT) and what each trial sample
 
     study:    {n_trials, sampler, objectives, pruner, seed, ...}        (StudyConfig)
     search:   {config, set, sample}           optional: a search run whose net is trained
-    train:    {config, model, set, sample}    the training (of the searched net, or `model`)
+    train:    {config, model, set, sample}    the training (of the searched net, or `model`),
+              or {run}                        a finished training run, for QAT-only sweeps
     quantize: {spec, epochs, lr, set, sample} optional: Brevitas QAT of the trained net
     out:      the sweep folder (default runs/sweeps/<yaml name>)
 
@@ -68,6 +69,8 @@ class StepConfig:
 @dataclass
 class TrainStepConfig(StepConfig):
     model: str | None = None            # without a search: a registered name or genotype.yaml
+    run: str | None = None              # instead of training: a finished run that each trial
+    #                                     quantizes (bit-width sweeps)
 
 
 @dataclass
@@ -238,7 +241,7 @@ def check_steps(cfg: SweepConfig) -> None:
             load_search_config(path, {**cfg.search.set, **({key: value} if key else {})})
     model = cfg.train.model or "bcresnet1"
     path = cfg.resolve(cfg.train.config) if cfg.train.config else None
-    for key, value in sampled("train"):
+    for key, value in sampled("train") if cfg.train.run is None else []:
         load_config(ExperimentConfig, path,
                     {**cfg.train.set, **({key: value} if key else {}), "model": model})
     if cfg.quantize is not None:
@@ -269,7 +272,15 @@ def load_sweep(path: str | Path, out: str | None = None,
     if search is not None and train.model:
         raise ValueError(f"{where}: train.model {train.model!r}: a sweep with a search trains "
                          "the searched net; remove train.model or the search section")
-    if search is None and not train.model:
+    if train.run is not None:
+        given = [k for k, v in (("search", search), ("train.model", train.model),
+                                ("train.config", train.config), ("train.set", train.set),
+                                ("train.sample", train.sample)) if v]
+        if given or quantize is None:
+            raise ValueError(f"{where}: train.run {train.run!r} quantizes a finished run: it "
+                             f"needs a quantize section and no {' / '.join(given) or 'other'} "
+                             "keys")
+    elif search is None and not train.model:
         raise ValueError(f"{where}: train.model: name the net to train (a registered model or "
                          "a genotype.yaml), or add a search section")
     params = [p for name, step in (("search", search), ("train", train),

@@ -9,8 +9,9 @@
 A step already finished is skipped and an interrupted one resumes from its checkpoint, so a
 trial re-queued after its worker died (it keeps the folder of the trial it retries) continues
 where that worker stopped. With a pruner, each epoch's validation accuracy of the training step
-(read from its `last` checkpoint as it is written) goes to `trial.report`, and a pruned trial's
-training is stopped. Step processes die with their worker (Linux parent-death signal).
+(the QAT step when the sweep quantizes a finished run), read from its `last` checkpoint as it is
+written, goes to `trial.report`, and a pruned trial's training is stopped. Step processes die
+with their worker (Linux parent-death signal).
 """
 from __future__ import annotations
 
@@ -74,14 +75,20 @@ def suggest(trial: optuna.Trial, param: Param) -> Any:
     return trial.suggest_int(param.name, d.low, d.high, log=d.log, step=d.step)
 
 
-def build_steps(cfg: SweepConfig, folder: Path, values: dict[str, dict[str, Any]]) -> list[Step]:
-    """The trial's steps; `values` holds the sampled values by step, then config key."""
+def build_steps(cfg: SweepConfig, folder: Path,
+                values: dict[str, dict[str, Any]]) -> tuple[list[Step], RunDir]:
+    """The trial's steps and the run that trains its float net; `values` holds the sampled
+    values by step, then config key."""
     def config_flag(step) -> list[str]:
         return ["--config", str(cfg.resolve(step.config))] if step.config else []
 
     steps = []
-    train_run = RunDir(folder / "train")
-    if cfg.search is not None:
+    train_run = RunDir(cfg.resolve(cfg.train.run) if cfg.train.run else folder / "train")
+    if cfg.train.run is not None:
+        if not train_run.finished:
+            raise FileNotFoundError(f"train.run {train_run.path}: not a finished run (no "
+                                    f"{train_run.metrics_path.name})")
+    elif cfg.search is not None:
         search = RunDir(folder / "search")
         steps.append(Step("search", search, [
             "search", "--path", str(search.path), "--quiet", *config_flag(cfg.search),
@@ -92,10 +99,11 @@ def build_steps(cfg: SweepConfig, folder: Path, values: dict[str, dict[str, Any]
         model = ["--genotype", str(cfg.resolve(cfg.train.model))]
     else:
         model = ["--model", cfg.train.model]
-    steps.append(Step("train", train_run, [
-        "train", *model, "--run_dir", str(train_run.path), "--quiet", *config_flag(cfg.train),
-        *set_flags({**cfg.train.set, **values["train"]})],
-        ["train", "--resume", str(train_run.path), "--quiet"]))
+    if cfg.train.run is None:
+        steps.append(Step("train", train_run, [
+            "train", *model, "--run_dir", str(train_run.path), "--quiet",
+            *config_flag(cfg.train), *set_flags({**cfg.train.set, **values["train"]})],
+            ["train", "--resume", str(train_run.path), "--quiet"]))
     if cfg.quantize is not None:
         q = cfg.quantize
         spec = q.spec
@@ -107,7 +115,7 @@ def build_steps(cfg: SweepConfig, folder: Path, values: dict[str, dict[str, Any]
             "quantize", "qat", str(train_run.path), "--spec", str(spec_path), "--epochs",
             str(q.epochs), *(["--lr", yaml_scalar(q.lr)] if q.lr is not None else []),
             "--out", str(qat.path), "--quiet", *set_flags(q.set)]))
-    return steps
+    return steps, train_run
 
 
 EpochWatch = Callable[[list[dict[str, Any]], bool], bool]
@@ -193,11 +201,11 @@ class TrialPipeline:
         print(f"[{self.worker}] trial {trial.number} ({folder}): {shown}", flush=True)
         started = time.time()
         try:
-            steps = build_steps(cfg, folder, values)
+            steps, trained = build_steps(cfg, folder, values)
+            trains = "train" if cfg.train.run is None else "quantize"   # what the pruner sees
             for step in steps:
-                watch = self._watch(trial) if self.pruning and step.name == "train" else None
+                watch = self._watch(trial) if self.pruning and step.name == trains else None
                 run_step(step, folder / f"{step.name}.log", watch)
-            trained = next(step.run for step in steps if step.name == "train")
             measures = trial_measures(trained, steps[-1].run)
         except optuna.TrialPruned:
             print(f"[{self.worker}] trial {trial.number} pruned", flush=True)
@@ -207,8 +215,8 @@ class TrialPipeline:
             print(f"[{self.worker}] trial {trial.number} failed: {err}", flush=True)
             raise TrialFailed(str(err)) from err
         measures["seconds"] = round(time.time() - started, 1)
-        measures["net_run"] = str(steps[-1].run.path.relative_to(cfg.out))
-        measures["float_run"] = str(trained.path.relative_to(cfg.out))
+        measures["net_run"] = os.path.relpath(steps[-1].run.path, cfg.out)
+        measures["float_run"] = os.path.relpath(trained.path, cfg.out)
         for key, value in measures.items():
             trial.set_user_attr(key, value)
         objectives = [measures[o] for o in cfg.study.objectives]

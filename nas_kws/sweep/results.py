@@ -3,7 +3,7 @@
     trials.csv        every trial: state, sampled values, objectives, test accuracy, folder
     pareto.csv        the Pareto front (the best trial of a one-objective study)
     importances.csv   Optuna's parameter importances, per objective
-    pareto.png        validation accuracy vs MACs: all trials, the front, BC-ResNet runs (--with)
+    pareto.png        validation accuracy vs MACs (or size): all trials, the front, --with runs
     report.md         the tables, and each Pareto net's run directory with its next commands
     compare/          `nas-kws compare` of the Pareto nets and the --with runs (test accuracy)
 
@@ -55,10 +55,13 @@ def trial_row(cfg: SweepConfig, trial: FrozenTrial) -> dict[str, Any]:
 def importances(cfg: SweepConfig, study: optuna.Study) -> tuple[list[dict[str, Any]], str]:
     """Optuna's importances per objective (default evaluator), or why there are none."""
     rows: dict[str, dict[str, Any]] = {p.name: {"parameter": p.name} for p in cfg.params}
-    for i, objective in enumerate(cfg.study.objectives):
-        target = None if len(cfg.study.objectives) == 1 else (lambda t, i=i: t.values[i])
+    for i, (objective, direction) in enumerate(zip(cfg.study.objectives, cfg.directions)):
+        sign = -1 if direction == "maximize" else 1   # the evaluator looks for low targets
         try:
-            found = optuna.importance.get_param_importances(study, target=target)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)   # e.g. too few trials to tell
+                found = optuna.importance.get_param_importances(
+                    study, target=lambda t, i=i, sign=sign: sign * t.values[i])
         except (ValueError, RuntimeError) as err:
             return [], f"no importances yet: {err}"
         for name, value in found.items():
@@ -66,15 +69,22 @@ def importances(cfg: SweepConfig, study: optuna.Study) -> tuple[list[dict[str, A
     return list(rows.values()), ""
 
 
+# the x axis of the front's plot: the sweep's cost objective, MACs when it has none
+COST_AXES = {"macs": ("MACs per clip", lambda m: m["macs"]),
+             "size_bits": ("model size (KiB)", lambda m: m["size_bits"] / 8 / 1024)}
+
+
 def plot_front(cfg: SweepConfig, trials: list[FrozenTrial], front: list[FrozenTrial],
                baselines: list[str], path: Path) -> Path:
-    """Validation accuracy against MACs: every complete trial, the front, BC-ResNet runs."""
+    """Validation accuracy against cost: every complete trial, the front, the --with runs."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    cost = next((o for o in cfg.study.objectives if o in COST_AXES), "macs")
+    xlabel, x_of = COST_AXES[cost]
 
     def points(ts: list[FrozenTrial]) -> tuple[list[float], list[float]]:
-        ts = sorted(ts, key=lambda t: t.user_attrs["macs"])
-        return [t.user_attrs["macs"] for t in ts], [100 * t.user_attrs["valid_acc"] for t in ts]
+        ts = sorted(ts, key=lambda t: x_of(t.user_attrs))
+        return [x_of(t.user_attrs) for t in ts], [100 * t.user_attrs["valid_acc"] for t in ts]
 
     ax.scatter(*points(trials), color="0.6", s=18, label="trials")
     ax.plot(*points(front), marker="*", markersize=11, color="tab:red",
@@ -84,7 +94,8 @@ def plot_front(cfg: SweepConfig, trials: list[FrozenTrial], front: list[FrozenTr
         metrics = RunDir(run).read_metrics()
         acc = metrics.get("best_valid_acc", metrics.get("best_valid_acc_mean"))
         if acc is not None and metrics.get("macs"):
-            family.append((metrics["macs"], 100 * acc, read_run(run)[1].label))
+            measures = {"macs": metrics["macs"], "size_bits": 32 * metrics["params"]}
+            family.append((x_of(measures), 100 * acc, read_run(run)[1].label))
     if family:
         family.sort()
         ax.plot([f[0] for f in family], [f[1] for f in family], marker="o", label="--with runs")
@@ -92,7 +103,7 @@ def plot_front(cfg: SweepConfig, trials: list[FrozenTrial], front: list[FrozenTr
             ax.annotate(label, (macs, acc), fontsize=7, textcoords="offset points",
                         xytext=(4, -10))
     ax.set_xscale("log")
-    ax.set_xlabel("MACs per clip")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("validation accuracy (%)")
     ax.set_title(f"sweep {cfg.name}")
     ax.grid(True, alpha=0.3)
@@ -141,7 +152,7 @@ def write_report(cfg: SweepConfig, study: optuna.Study, where: str,
              *md_table(["trial", *(p.name for p in cfg.params), *MEASURES, "run"], pareto)]
     if front:
         plot_front(cfg, complete, front, baselines, out / "pareto.png")
-        lines += ["", "![validation accuracy vs MACs](pareto.png)", "",
+        lines += ["", "![validation accuracy vs cost](pareto.png)", "",
                   "Run directories, ready for quantization and export:", ""]
         lines += [line for t in front for line in next_commands(cfg, t)]
         runs = [str(cfg.out / t.user_attrs["net_run"]) for t in front
