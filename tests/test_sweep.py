@@ -27,6 +27,7 @@ from nas_kws.cli import main
 from nas_kws.sweep.config import load_sweep
 from nas_kws.sweep.pipeline import TrialPipeline
 from nas_kws.sweep.storage import journal_path
+from nas_kws.sweep.study import make_pruner
 from nas_kws.sweep.worker import is_finished
 
 STUDY = "tones"
@@ -209,18 +210,26 @@ def test_two_processes_join_one_study_on_postgresql(postgres_url, tone_root, tmp
 
 # --- pruning and bad input ---------------------------------------------------------------------
 
-def test_the_pruner_stops_a_trial_worse_than_the_median(tone_root, tmp_path):
-    cfg = load_sweep(write_sweep(tmp_path, tone_root, {"pruner": "median", "startup_trials": 1,
+@pytest.mark.parametrize("pruner", ["median", "hyperband"])
+def test_the_pruner_sees_each_epoch_and_stops_a_trial_below_the_median(tone_root, tmp_path,
+                                                                      pruner):
+    cfg = load_sweep(write_sweep(tmp_path, tone_root, {"pruner": pruner, "startup_trials": 1,
                                                        "prune_warmup_epochs": 0}))
-    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(
-        n_startup_trials=1, n_warmup_steps=0))
-    study.add_trial(optuna.trial.create_trial(
-        params={}, distributions={}, value=0.9, intermediate_values={0: 0.8, 1: 0.9}))
-    watch = TrialPipeline._watch(study.ask())
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(cfg))
+    for _ in range(3):
+        study.add_trial(optuna.trial.create_trial(
+            params={}, distributions={}, value=0.9, intermediate_values={0: 0.8, 1: 0.9}))
+    trial = study.ask()
+    watch = TrialPipeline._watch(trial)
     assert not watch([], True)
-    assert watch([{"epoch": 0, "valid_acc": 0.3}], True)       # below the median: prune
-    assert not watch([{"epoch": 0, "valid_acc": 0.3}], False)  # a finished step is kept
-    assert cfg.study.pruner == "median"
+    stop = watch([{"epoch": 0, "valid_acc": 0.3}], True)
+    assert study.trials[-1].intermediate_values == {0: 0.3}
+    if pruner == "median":
+        assert stop is True                   # below the median at epoch 0
+    else:
+        assert stop in (True, False)          # Hyperband's call depends on the trial's bracket
+    assert not watch([{"epoch": 0, "valid_acc": 0.3}, {"epoch": 1, "valid_acc": 0.2}], False)
+    assert study.trials[-1].intermediate_values == {0: 0.3, 1: 0.2}   # a finished step is kept
 
 
 @pytest.mark.parametrize("change, needle", [

@@ -233,5 +233,5 @@ class TrialPipeline:
                 if row["epoch"] not in reported:
                     reported.add(row["epoch"])
                     trial.report(row["valid_acc"], row["epoch"])
-            return running and bool(history) and trial.should_prune()
+            return running and bool(history) and bool(trial.should_prune())
         return watch
