@@ -7,9 +7,11 @@ from pathlib import Path
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from nas_kws.report import MARKDOWN, REPORT_FILES, compare
+    from nas_kws.sweep.results import expand_sweeps
 
     baselines = [b for b in (args.baselines or "").split(",") if b]
-    rows = compare(args.runs, args.out, baselines, args.train_missing, args.baseline_epochs)
+    rows = compare(expand_sweeps(args.runs), args.out, baselines, args.train_missing,
+                   args.baseline_epochs)
     print((Path(args.out) / MARKDOWN).read_text())
     print(f"written: {args.out}/{', '.join(REPORT_FILES)} ({len(rows)} models)")
     return 0
@@ -18,7 +20,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("compare",
                               help="table (Markdown, CSV) and plots of runs side by side")
-    p.add_argument("runs", nargs="+", metavar="RUN")
+    p.add_argument("runs", nargs="+", metavar="RUN",
+                   help="run directories; a sweep folder stands for its Pareto nets")
     p.add_argument("--baselines", help="models that must appear, e.g. bcresnet1,bcresnet8,dscnn_s")
     p.add_argument("--train_missing", action="store_true",
                    help="train missing baselines with their recipes on the first run's data "

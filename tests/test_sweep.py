@@ -136,6 +136,10 @@ def test_report_writes_trials_pareto_importances_and_plots(killed_sweep, capsys)
         assert (report / name).is_file(), name
     text = (report / "report.md").read_text()
     assert "nas-kws export" in text and "## Parameter importances" in text
+    # `compare` takes the sweep folder for its Pareto nets
+    assert main(["compare", str(out), "--out", str(out / "cmp")]) == 0
+    with open(out / "cmp" / "report.csv") as f:
+        assert [r["model"] for r in csv.DictReader(f)] == ["bcresnet1"]
 
 
 # --- a real PostgreSQL server ------------------------------------------------------------------

@@ -8,6 +8,7 @@
     compare/          `nas-kws compare` of the Pareto nets and the --with runs (test accuracy)
 
 Selection is by validation accuracy only; test accuracy is listed for the record.
+`nas-kws compare SWEEP_FOLDER` compares the Pareto nets of a journal sweep (`expand_sweeps`).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Any
 
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from nas_kws.fileio import write_csv, write_text
@@ -26,6 +28,7 @@ from nas_kws.report_rows import read_run
 from nas_kws.runs import RunDir
 from nas_kws.sweep.config import SweepConfig
 from nas_kws.sweep.pipeline import DIR_ATTR, ERROR_ATTR
+from nas_kws.sweep.storage import journal_path
 
 MEASURES = ["valid_acc", "MACs", "params", "size_KiB", "test_acc", "seconds"]
 FILES = ("trials.csv", "pareto.csv", "importances.csv", "pareto.png", "report.md")
@@ -167,4 +170,31 @@ def write_report(cfg: SweepConfig, study: optuna.Study, where: str,
                        [{k: _value(v) for k, v in r.items()} for r in imp_rows]))
     lines += ["", "All trials: [trials.csv](trials.csv)."]
     write_text(out / "report.md", "\n".join(lines) + "\n")
+    return out
+
+
+def pareto_runs(folder: Path) -> list[str]:
+    """The finished run directories of the Pareto nets of every study in a sweep folder's
+    journal."""
+    storage = JournalStorage(JournalFileBackend(str(journal_path(folder))))
+    runs = []
+    for name in optuna.get_all_study_names(storage):
+        study = optuna.load_study(study_name=name, storage=storage)
+        if any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+            runs += [folder / t.user_attrs["net_run"] for t in study.best_trials]
+    return [str(run) for run in runs if RunDir(run).finished]
+
+
+def expand_sweeps(paths: list[str]) -> list[str]:
+    """Run directories for `compare`: a sweep folder (one holding a journal) stands for its
+    Pareto nets."""
+    out = []
+    for path in paths:
+        if not journal_path(Path(path)).is_file():
+            out.append(path)
+            continue
+        found = pareto_runs(Path(path))
+        if not found:
+            raise ValueError(f"{path}: a sweep folder without a finished trial")
+        out += found
     return out
