@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -197,8 +198,8 @@ def quant_spec_with(spec: dict[str, Any], key: str, value: Any) -> dict[str, Any
     return out
 
 
-def _params(step_name: str, step: StepConfig | QuantizeStepConfig) -> list[Param]:
-    return [Param(step_name, key, parse_distribution(spec, f"{step_name}.sample.{key}"))
+def _params(step_name: str, step: StepConfig | QuantizeStepConfig, where: str) -> list[Param]:
+    return [Param(step_name, key, parse_distribution(spec, f"{where}: {step_name}.sample.{key}"))
             for key, spec in step.sample.items()]
 
 
@@ -207,14 +208,14 @@ def _check_study(s: StudyConfig, params: list[Param], where: str) -> None:
     if not s.objectives or unknown or len(set(s.objectives)) != len(s.objectives):
         test = " (test accuracy is never an objective)" if any("test" in str(o)
                                                                for o in unknown) else ""
-        raise ValueError(f"{where}.study.objectives: expected distinct names from "
+        raise ValueError(f"{where}: study.objectives: expected distinct names from "
                          f"{list(OBJECTIVES)}, got {s.objectives!r}{test}")
     if s.sampler not in SAMPLERS:
-        raise ValueError(f"{where}.study.sampler: expected one of {SAMPLERS}, got {s.sampler!r}")
+        raise ValueError(f"{where}: study.sampler: expected one of {SAMPLERS}, got {s.sampler!r}")
     if s.pruner not in PRUNERS:
-        raise ValueError(f"{where}.study.pruner: expected one of {PRUNERS}, got {s.pruner!r}")
+        raise ValueError(f"{where}: study.pruner: expected one of {PRUNERS}, got {s.pruner!r}")
     if s.pruner != "none" and len(s.objectives) > 1:
-        raise ValueError(f"{where}.study.pruner {s.pruner}: pruning needs one objective, got "
+        raise ValueError(f"{where}: study.pruner {s.pruner}: pruning needs one objective, got "
                          f"{s.objectives}")
     if not params:
         raise ValueError(f"{where}: nothing to sample; add `sample:` to search, train or "
@@ -222,7 +223,7 @@ def _check_study(s: StudyConfig, params: list[Param], where: str) -> None:
     if s.sampler == "grid":
         size = math.prod(len(grid_values(p.distribution, p.name)) for p in params)
         if s.n_trials > size:
-            raise ValueError(f"{where}.study.n_trials {s.n_trials}: the grid has {size} "
+            raise ValueError(f"{where}: study.n_trials {s.n_trials}: the grid has {size} "
                              "points only")
 
 
@@ -231,26 +232,37 @@ def check_steps(cfg: SweepConfig) -> None:
     or badly typed key fails now, named, and not in a trial."""
     from nas_kws.nas.search_config import load_search_config
 
-    def sampled(step: str) -> list[tuple[str, Any]]:
-        return [(p.key, v) for p in cfg.params if p.step == step
-                for v in candidates(p.distribution)] or [(None, None)]
+    def check(step: str, build: Callable[[dict[str, Any]], Any]) -> None:
+        """`build` the step's config with no sampled value, then with each candidate."""
+        tries = [{}] + [{p.key: v} for p in cfg.params if p.step == step
+                        for v in candidates(p.distribution)]
+        for sampled in tries:
+            try:
+                build(sampled)
+            except ValueError as err:
+                shown = ", ".join(f"{k}={v!r}" for k, v in sampled.items())
+                raise ValueError(f"{cfg.path}: {step}{f' with {shown}' if shown else ''}: "
+                                 f"{err}") from None
 
     if cfg.search is not None:
-        path = cfg.resolve(cfg.search.config) if cfg.search.config else None
-        for key, value in sampled("search"):
-            load_search_config(path, {**cfg.search.set, **({key: value} if key else {})})
-    model = cfg.train.model or "bcresnet1"
-    path = cfg.resolve(cfg.train.config) if cfg.train.config else None
-    for key, value in sampled("train") if cfg.train.run is None else []:
-        load_config(ExperimentConfig, path,
-                    {**cfg.train.set, **({key: value} if key else {}), "model": model})
+        search = cfg.resolve(cfg.search.config) if cfg.search.config else None
+        check("search", lambda sampled: load_search_config(search,
+                                                           {**cfg.search.set, **sampled}))
+    if cfg.train.run is None:
+        train = cfg.resolve(cfg.train.config) if cfg.train.config else None
+        model = cfg.train.model or "bcresnet1"
+        check("train", lambda sampled: load_config(
+            ExperimentConfig, train, {**cfg.train.set, **sampled, "model": model}))
     if cfg.quantize is not None:
         from nas_kws.quant.qat import QuantSpec  # Brevitas: slow to import
 
-        for key, value in sampled("quantize"):
-            spec = quant_spec_with(cfg.quantize.spec, key, value) if key else cfg.quantize.spec
-            QuantSpec.from_dict(spec, where=f"{cfg.path}: quantize.spec"
-                                            + (f" with {key}={value!r}" if key else ""))
+        def quant_spec(sampled: dict[str, Any]) -> QuantSpec:
+            spec = cfg.quantize.spec
+            for key, value in sampled.items():
+                spec = quant_spec_with(spec, key, value)
+            return QuantSpec.from_dict(spec, where="spec")
+
+        check("quantize", quant_spec)
 
 
 def load_sweep(path: str | Path, out: str | None = None,
@@ -285,7 +297,7 @@ def load_sweep(path: str | Path, out: str | None = None,
                          "a genotype.yaml), or add a search section")
     params = [p for name, step in (("search", search), ("train", train),
                                    ("quantize", quantize)) if step is not None
-              for p in _params(name, step)]
+              for p in _params(name, step, where)]
     _check_study(study, params, where)
     definition = {k: v for k, v in data.items() if k != "out"}
     definition["study"] = {k: v for k, v in (data.get("study") or {}).items()
