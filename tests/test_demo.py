@@ -2,7 +2,6 @@
 import csv
 
 from nas_kws.cli import main
-from nas_kws.demo_commands import resumable
 from nas_kws.runs import RunDir
 
 DEMO = ["demo", "--synth_size", "small", "--epochs", "1", "--search_epochs", "1,1",
@@ -42,7 +41,7 @@ def test_a_run_without_checkpoint_is_cleared_not_resumed(tmp_path):
     early = tmp_path / "early"
     early.mkdir()
     (early / "config.yaml").write_text("model: bcresnet1\n")
-    assert not resumable(RunDir(early)) and not early.exists()
+    assert not RunDir(early).keep_if_resumable() and not early.exists()
     (tmp_path / "late" / "checkpoints").mkdir(parents=True)
     (tmp_path / "late" / "checkpoints" / "last.pt").write_bytes(b"x")
-    assert resumable(RunDir(tmp_path / "late"))
+    assert RunDir(tmp_path / "late").keep_if_resumable()
