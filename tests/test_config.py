@@ -33,18 +33,25 @@ def test_set_flags_need_key_value():
 
 def test_experiment_files_load():
     """Training recipes load as ExperimentConfig, search configs (a `search:` section) as
-    SearchConfig; either way every key is known."""
+    SearchConfig, sweeps (a `study:` section) as SweepConfig; every key is known."""
     from pathlib import Path
 
     import yaml
 
     from nas_kws.nas.search_config import load_search_config
+    from nas_kws.sweep.config import load_sweep
 
     paths = sorted(Path(__file__).parent.parent.glob("experiments/*.yaml"))
-    searches = [p for p in paths if "search" in (yaml.safe_load(p.read_text()) or {})]
+    sweeps = [p for p in paths if "study" in (yaml.safe_load(p.read_text()) or {})]
+    searches = [p for p in paths
+                if p not in sweeps and "search" in (yaml.safe_load(p.read_text()) or {})]
     assert [p.name for p in searches] == ["demo_search.yaml", "search_halving.yaml"]
+    assert [p.name for p in sweeps] == ["sweep_budget.yaml", "sweep_budget_small.yaml",
+                                        "sweep_lr.yaml", "sweep_qat_bits.yaml"]
     for path in paths:
-        if path in searches:
+        if path in sweeps:
+            load_sweep(path)
+        elif path in searches:
             load_search_config(path)
         else:
             load_config(ExperimentConfig, path)
