@@ -72,10 +72,12 @@ def quantize_steps(args: argparse.Namespace, run: RunDir) -> None:
     if not run.ptq_path.is_file():
         run_step(args, ["quantize", "ptq", str(run.path), "--bits", "8,6,4"])
     for bits in QAT_WEIGHT_BITS:
-        if not qat_run(run, bits).finished:
+        twin = qat_run(run, bits)
+        if not twin.finished:
             run_step(args, ["quantize", "qat", str(run.path), "--weight_bits", str(bits),
-                            "--act_bits", "8", "--epochs", str(args.qat_epochs),
-                            "--out", str(qat_run(run, bits).path)])
+                            "--act_bits", "8", "--out", str(twin.path),
+                            *(["--resume"] if twin.keep_if_resumable() else
+                              ["--epochs", str(args.qat_epochs)])])
     int8_twin = qat_run(run, 8)
     onnx = [run.export.onnx_path("fp32"), int8_twin.export.onnx_path("int8")]
     if not onnx[0].is_file():

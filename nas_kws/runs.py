@@ -153,6 +153,18 @@ class RunDir:
         """A job has written this run's setup (or more): a fresh job must not write over it."""
         return self.config_path.is_file() or self.can_resume or self.finished
 
+    def make_fresh(self, overwrite: bool, folder_flag: str = "--run_dir") -> None:
+        """Before a fresh job writes here (lock held): refuse a started or finished run unless
+        `overwrite`, which first removes what that run wrote."""
+        if not self.started or not distributed.is_main():
+            return
+        if not overwrite:
+            state = "finished" if self.finished else "started"
+            raise FileExistsError(f"{self.path} already holds a {state} run; use --resume to "
+                                  f"continue it, --overwrite to replace it, or another "
+                                  f"{folder_flag}")
+        self.clear()
+
     def clear(self) -> None:
         """Remove everything a run wrote (`--overwrite`), keeping the folder and its lock."""
         for child in self.path.iterdir():

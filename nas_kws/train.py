@@ -282,13 +282,8 @@ def train_experiment(cfg: ExperimentConfig, run_dir: str | Path, resume: bool = 
     run = RunDir(run_dir)
     store = open_dataset(cfg.data, progress=progress)
     with run.locked():
-        if not resume and run.started and distributed.is_main():
-            if not overwrite:
-                state = "finished" if run.finished else "started"
-                raise FileExistsError(f"{run.path} already holds a {state} run; use --resume to "
-                                      "continue it, --overwrite to replace it, or another "
-                                      "--run_dir")
-            run.clear()
+        if not resume:
+            run.make_fresh(overwrite)
         return _train_seeds(cfg, run, resume, store, progress)
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from test_faults import run_killed_after_first_checkpoint
+from test_kill_resume import run_killed_after_first_checkpoint
 
 from nas_kws.cli import main
 from nas_kws.config import AugmentConfig, to_dict

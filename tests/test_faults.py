@@ -8,11 +8,9 @@ import hashlib
 import math
 import os
 import shutil
-import signal
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -442,80 +440,3 @@ def test_a_multi_seed_run_is_marked_started_and_resumes(tone_root, tmp_path, cap
     assert RunDir(run).experiment().train.seeds == 2
     fails_in_one_line(capsys, args, "already holds a finished run", watch=tmp_path)
     assert main(["train", "--resume", str(run), "--quiet"]) == 0
-
-
-# --- kill -9 during training or a search: resume ends where an uninterrupted run does ----------
-
-def descendants(pid: int) -> list[int]:
-    """Every process below `pid` (torchrun starts its workers in sessions of their own, so a
-    process group does not reach them)."""
-    children: dict[int, list[int]] = {}
-    for status in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            fields = status.read_text().rsplit(")", 1)[1].split()
-            children.setdefault(int(fields[1]), []).append(int(status.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        below = children.get(todo.pop(), [])
-        found += below
-        todo += below
-    return found
-
-
-def run_killed_after_first_checkpoint(argv: list[str], run: RunDir,
-                                      launcher: tuple[str, ...] = (sys.executable, "-m",
-                                                                   "nas_kws.cli")) -> None:
-    """Run `launcher` + `argv` (the `nas-kws` command by default) in a child and SIGKILL it and
-    every process under it once `run` has a checkpoint."""
-    child = subprocess.Popen([*launcher, *argv], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 120
-        while not run.has_checkpoint("last") and child.poll() is None:
-            assert time.time() < deadline, "no checkpoint within 2 minutes"
-            time.sleep(0.02)
-    finally:
-        for pid in [child.pid, *descendants(child.pid)]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        child.wait()
-    assert not run.finished  # killed mid-run
-
-
-def same_tensors(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def test_train_killed_with_sigkill_resumes_to_identical_weights(tone_root, tmp_path):
-    set_threads()  # the command line's thread count, as in the killed child
-    flags = ["--epochs", "4", "--batch_size", str(TRAIN_SPLIT_CLIPS)]
-    assert main(tone_train_args(tone_root, tmp_path / "straight", *flags)) == 0
-    killed = RunDir(tmp_path / "killed")
-    run_killed_after_first_checkpoint(tone_train_args(tone_root, killed.path, *flags), killed)
-    assert main(["train", "--resume", str(killed.path), "--quiet"]) == 0
-    assert same_tensors(RunDir(tmp_path / "straight").load_checkpoint("last")["model"],
-                        killed.load_checkpoint("last")["model"])
-
-
-def test_search_killed_with_sigkill_resumes_to_identical_supernet(tone_root, tmp_path):
-    from test_nas import TINY_SPACE
-
-    set_threads()
-    space = tmp_path / "tiny.yaml"
-    space.write_text(yaml.safe_dump(TINY_SPACE))
-    config = tmp_path / "search.yaml"
-    config.write_text(yaml.safe_dump({
-        "data": {"dataset": "folders", "root": str(tone_root)}, "augment": {"noise_prob": 0.0},
-        "train": {"batch_size": 20, "eval_batch_size": 100, "max_steps_per_epoch": 4},
-        "search": {"search_space": str(space), "warmup_epochs": 1, "n_epochs": 3,
-                   "grad_update_arch_param_every": 2, "flops_ref_value": 3e5,
-                   "grad_reg_loss_type": "mul#log"}}))
-    args = ["search", "--config", str(config), "--quiet", "--path"]
-    assert main([*args, str(tmp_path / "straight")]) == 0
-    killed = RunDir(tmp_path / "killed")
-    run_killed_after_first_checkpoint([*args, str(killed.path)], killed)
-    assert main(["search", "--resume", "--path", str(killed.path), "--quiet"]) == 0
-    assert same_tensors(RunDir(tmp_path / "straight").load_checkpoint("last")["supernet"],
-                        killed.load_checkpoint("last")["supernet"])
-    assert (tmp_path / "straight" / "genotype.yaml").read_text() == \
-        killed.genotype_path.read_text()

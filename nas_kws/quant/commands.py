@@ -17,6 +17,7 @@ from torch import nn
 from nas_kws import distributed
 from nas_kws.cliflags import add_nproc_flag, add_quiet_flag, add_set_flag, overrides_from_args
 from nas_kws.config import check_at_least
+from nas_kws.device import seed_everything
 from nas_kws.fileio import read_json, write_json
 from nas_kws.runs import RunDir
 
@@ -114,37 +115,74 @@ def cmd_qat(args: argparse.Namespace) -> int:
     from nas_kws.train import fit
 
     check_at_least(args.calib_clips, 1, "--calib_clips")
-    check_at_least(args.epochs, 1, "--epochs")
+    if args.method == "qat":
+        check_at_least(args.epochs, 1, "--epochs")
+    elif args.resume:
+        raise ValueError("--resume continues QAT fine-tuning; --method calibrate has none")
     if args.method == "calibrate" and distributed.world_size() > 1:
         raise ValueError("--method calibrate trains nothing and runs in one process; drop "
                          "--nproc / torchrun")
     model, features, classes = load_float(args.run_dir, "quantization")
     spec = _quant_spec(args)
-    cfg = finetune_config(args.run_dir, args, QAT_TRAIN)
-    store = open_run_data(args.run_dir, classes)
-    twin = calibrated_twin(model, spec, store, args.calib_clips, cfg.train.seed)
-    clips = min(args.calib_clips, len(store.split("train").labels))
     out = RunDir(args.out) if args.out else RunDir(args.run_dir).quant_run(args.method, spec.tag)
-    if args.method == "calibrate":
-        feats, labels = split_features(store, features, "test")
-        acc = accuracy(twin, feats, labels)
-        save_derived_run(out.path, twin, cfg, classes, {
-            "method": "calibrate", "calibration_clips": clips, "test_best_acc": acc,
-            "test_last_acc": acc})
-        print(f"calibrated {spec.tag} on {clips} clips: test accuracy {acc:.4f}")
-    else:
-        metrics = fit(twin, cfg, out.path, store=store, progress=not args.quiet)
-        if not distributed.is_main():
-            return 0
-        metrics.update(method="qat", calibration_clips=clips)
-        out.write_metrics(metrics)
-        print(f"QAT {spec.tag}, {cfg.train.epochs} epochs: test accuracy "
-              f"{metrics['test_best_acc']:.4f}")
+    with out.locked():
+        # calibration has no epochs: --epochs is left out of its config, like SVD's --epochs 0
+        cfg = claim_derived_run(out, args) or finetune_config(
+            args.run_dir, args, QAT_TRAIN,
+            FINETUNE_FLAGS if args.method == "qat" else {"lr": "train.lr"})
+        store = open_run_data(args.run_dir, classes)
+        twin = calibrated_twin(model, spec, store, args.calib_clips, cfg.train.seed)
+        clips = min(args.calib_clips, len(store.split("train").labels))
+        if args.method == "calibrate":
+            feats, labels = split_features(store, features, "test")
+            acc = accuracy(twin, feats, labels)
+            save_derived_run(out.path, twin, cfg, classes, {
+                "method": "calibrate", "calibration_clips": clips, "test_best_acc": acc,
+                "test_last_acc": acc})
+            print(f"calibrated {spec.tag} on {clips} clips: test accuracy {acc:.4f}")
+        else:
+            seed_everything(cfg.train.seed)   # dropout and augmentation, whatever ran before
+            metrics = fit(twin, cfg, out.path, resume=args.resume, store=store,
+                          progress=not args.quiet)
+            if not distributed.is_main():
+                return 0
+            metrics.update(method="qat", calibration_clips=clips)
+            out.write_metrics(metrics)
+            print(f"QAT {spec.tag}, {cfg.train.epochs} epochs: test accuracy "
+                  f"{metrics['test_best_acc']:.4f}")
     print(f"run directory: {out.path}")
     return 0
 
 
+def claim_derived_run(out: RunDir, args: argparse.Namespace):
+    """A derived run's folder (lock held): `--resume` continues an interrupted fine-tuning with
+    the run's own config (returned); otherwise a started or finished run there is refused unless
+    `--overwrite`, and None is returned (the caller builds the config from its flags)."""
+    if not args.resume:
+        out.make_fresh(args.overwrite, folder_flag="--out")
+        return None
+    if out.finished or not out.can_resume:
+        raise ValueError(f"--resume: {out.path} holds no interrupted fine-tuning to continue")
+    return out.experiment()
+
+
 def cmd_svd(args: argparse.Namespace) -> int:
+    if not 0 < args.target_macs_ratio < 1:
+        raise ValueError(f"--target_macs_ratio: expected a fraction in (0, 1), got "
+                         f"{args.target_macs_ratio}")
+    check_at_least(args.calib_clips, 1, "--calib_clips")
+    check_at_least(args.epochs, 0, "--epochs")
+    model, features, classes = load_float(args.run_dir, "SVD compression")
+    out = RunDir(args.out) if args.out else RunDir(args.run_dir).svd_run(args.target_macs_ratio)
+    with out.locked():
+        # --epochs 0 (no fine-tuning) leaves the parent's epochs in the derived run's config
+        cfg = claim_derived_run(out, args) or finetune_config(
+            args.run_dir, args, flag_keys=FINETUNE_FLAGS if args.epochs else {"lr": "train.lr"})
+        return _svd(args, model, features, classes, cfg, out)
+
+
+def _svd(args: argparse.Namespace, model: nn.Module, features, classes: list[str], cfg,
+         out: RunDir) -> int:
     from nas_kws.profiling import profile_model
     from nas_kws.quant.derived import save_derived_run
     from nas_kws.quant.precomputed import accuracy, batches, split_features
@@ -152,15 +190,6 @@ def cmd_svd(args: argparse.Namespace) -> int:
     from nas_kws.rebuild import open_run_data
     from nas_kws.train import fit
 
-    if not 0 < args.target_macs_ratio < 1:
-        raise ValueError(f"--target_macs_ratio: expected a fraction in (0, 1), got "
-                         f"{args.target_macs_ratio}")
-    check_at_least(args.calib_clips, 1, "--calib_clips")
-    check_at_least(args.epochs, 0, "--epochs")
-    model, features, classes = load_float(args.run_dir, "SVD compression")
-    # --epochs 0 (no fine-tuning) leaves the parent's epochs in the derived run's config
-    cfg = finetune_config(args.run_dir, args,
-                          flag_keys=FINETUNE_FLAGS if args.epochs else {"lr": "train.lr"})
     store = open_run_data(args.run_dir, classes)
     calib, calib_labels = split_features(store, features, "valid", limit=args.calib_clips)
     test, test_labels = split_features(store, features, "test")
@@ -182,9 +211,10 @@ def cmd_svd(args: argparse.Namespace) -> int:
                           "test_acc": accuracy(model, test, test_labels)},
                "after_svd": {"macs": after.macs, "params": after.params,
                              "test_acc": accuracy(compressed, test, test_labels)}}
-    out = RunDir(args.out) if args.out else RunDir(args.run_dir).svd_run(args.target_macs_ratio)
     if args.epochs > 0:
-        metrics = fit(compressed, cfg, out.path, store=store, progress=not args.quiet)
+        seed_everything(cfg.train.seed)
+        metrics = fit(compressed, cfg, out.path, resume=args.resume, store=store,
+                      progress=not args.quiet)
         summary["after_finetune"] = {"macs": after.macs, "params": after.params,
                                      "test_acc": metrics["test_best_acc"], "epochs": args.epochs}
     else:
@@ -206,6 +236,10 @@ def _finetune_flags(p: argparse.ArgumentParser, epochs: int, lr: float) -> None:
                                                           f"{', Adam' if lr < 1e-3 else ''})")
     add_set_flag(p, "train.batch_size=50", "other config keys for fine-tuning")
     p.add_argument("--out", help="output run directory")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted fine-tuning in the output run (its own config)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a finished or started run in the output folder")
     add_quiet_flag(p)
 
 
