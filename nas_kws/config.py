@@ -104,6 +104,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     expected = origin or tp
     if expected is typing.Any:
         return value
+    if expected is dict and isinstance(value, dict):   # free-form (model_kwargs): `--set` strings
+        return {k: _coerce(v, typing.Any, f"{where}.{k}") for k, v in value.items()}
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
         raise ValueError(f"{where}: expected {getattr(expected, '__name__', expected)}, "
                          f"got {value!r}")

@@ -25,6 +25,13 @@ def test_wrong_type_is_named():
         load_config(ExperimentConfig, None, {"train.epochs": "many"})
 
 
+def test_set_values_inside_free_form_sections_are_yaml_scalars():
+    cfg = load_config(ExperimentConfig, None, {"model_kwargs.dropout": "0",
+                                               "model_kwargs.act": "relu",
+                                               "features.n_mels": "32"})
+    assert cfg.model_kwargs == {"dropout": 0, "act": "relu"} and cfg.features == {"n_mels": 32}
+
+
 def test_set_flags_need_key_value():
     assert parse_set_flags(["train.lr=0.2"]) == {"train.lr": "0.2"}
     with pytest.raises(ValueError, match="KEY=VALUE"):
