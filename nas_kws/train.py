@@ -105,6 +105,36 @@ def train_step(model: nn.Module, feats: torch.Tensor, labels: torch.Tensor,
     return loss.detach(), logits.detach()
 
 
+def train_epoch(replicas: nn.Module, pipe: Pipeline, optimizer: torch.optim.Optimizer,
+                scheduler, t: TrainConfig, epoch: int,
+                memory_format: torch.memory_format = torch.contiguous_format,
+                scaler: torch.amp.GradScaler | None = None, progress: bool = False,
+                max_steps: int | None = None) -> tuple[float, int, int]:
+    """One epoch of weight steps (at most `max_steps`, for benchmarks); returns (summed loss,
+    correct, clips) of this process."""
+    replicas.train()
+    pipe.train_loader.set_epoch(epoch)
+    g = pipe.generator(epoch)
+    steps = steps_per_epoch(len(pipe.train_loader), t)
+    steps = min(steps, max_steps) if max_steps else steps
+    loss_sum, correct, seen = 0.0, 0, 0
+    batches = tqdm(pipe.train_loader, total=steps, desc=f"epoch {epoch}", leave=False,
+                   disable=not progress)
+    for step, (waves, labels) in enumerate(batches):
+        if step == steps:
+            break
+        feats, labels = pipe.train_batch(waves, labels, g)
+        feats = feats.contiguous(memory_format=memory_format)
+        loss, logits = train_step(replicas, feats, labels, optimizer, t,
+                                  f"epoch {epoch} step {step}", scaler)
+        scheduler.step()
+        loss_sum += loss.item() * len(labels)
+        correct += (logits.argmax(1) == labels).sum().item()
+        seen += len(labels)
+        batches.set_postfix(loss=f"{loss.item():.3f}")
+    return loss_sum, correct, seen
+
+
 def _log_epoch(writer, epoch: int, row: dict[str, float], valid: EvalResult,
                classes: list[str]) -> None:
     for key, value in row.items():
@@ -192,28 +222,11 @@ def _fit(model: nn.Module, cfg: ExperimentConfig, run_dir: str | Path, resume: b
     epochs = tqdm(range(start_epoch, t.epochs), desc="epochs", disable=not progress,
                   initial=start_epoch, total=t.epochs)
     for epoch in epochs:
-        replicas.train()
-        pipe.train_loader.set_epoch(epoch)
-        g = pipe.generator(epoch)
-        steps = steps_per_epoch(len(pipe.train_loader), t)
-        loss_sum, correct, seen = 0.0, 0, 0
-        batches = tqdm(pipe.train_loader, total=steps, desc=f"epoch {epoch}", leave=False,
-                       disable=not progress)
-        for step, (waves, labels) in enumerate(batches):
-            if step == steps:
-                break
-            feats, labels = pipe.train_batch(waves, labels, g)
-            feats = feats.contiguous(memory_format=memory_format)
-            try:
-                loss, logits = train_step(replicas, feats, labels, optimizer, t,
-                                          f"epoch {epoch} step {step}", scaler)
-            except NonFiniteLossError as err:
-                raise NonFiniteLossError(f"{err}; last good checkpoint: {last_good()}") from None
-            scheduler.step()
-            loss_sum += loss.item() * len(labels)
-            correct += (logits.argmax(1) == labels).sum().item()
-            seen += len(labels)
-            batches.set_postfix(loss=f"{loss.item():.3f}")
+        try:
+            loss_sum, correct, seen = train_epoch(replicas, pipe, optimizer, scheduler, t, epoch,
+                                                  memory_format, scaler, progress)
+        except NonFiniteLossError as err:
+            raise NonFiniteLossError(f"{err}; last good checkpoint: {last_good()}") from None
         distributed.check_replicas(model, f"epoch {epoch}")
         loss_sum, correct, seen = distributed.sum_over_ranks([loss_sum, correct, seen])
         rank_rngs = distributed.rank_rng_states()
