@@ -9,9 +9,11 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from itertools import islice
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -105,35 +107,64 @@ def train_step(model: nn.Module, feats: torch.Tensor, labels: torch.Tensor,
     return loss.detach(), logits.detach()
 
 
+def prefetched(batches: Iterable[Any], prepare: Callable[[Any], Any]) -> Iterator[Any]:
+    """`prepare(batch)` for each batch, computed in a helper thread one batch ahead, so
+    augmentation and features overlap the previous weight step. The helper prepares the batches
+    in order, so a seeded generator inside `prepare` draws exactly as without the thread."""
+    threads = torch.get_num_threads()
+
+    def run(batch: Any) -> Any:
+        torch.set_num_threads(threads)  # a new thread starts with the library's default
+        return prepare(batch)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool:
+        ahead = None
+        for batch in batches:
+            following = pool.submit(run, batch)
+            if ahead is not None:
+                yield ahead.result()
+            ahead = following
+        if ahead is not None:
+            yield ahead.result()
+
+
 def train_epoch(replicas: nn.Module, pipe: Pipeline, optimizer: torch.optim.Optimizer,
                 scheduler, t: TrainConfig, epoch: int,
                 memory_format: torch.memory_format = torch.contiguous_format,
                 scaler: torch.amp.GradScaler | None = None, progress: bool = False,
                 max_steps: int | None = None) -> tuple[float, int, int]:
     """One epoch of weight steps (at most `max_steps`, for benchmarks); returns (summed loss,
-    correct, clips) of this process."""
+    correct, clips) of this process. The sums stay on the device until the epoch ends (no host
+    sync per step); the loss sum is kept in float64, as a Python float would be."""
     replicas.train()
     pipe.train_loader.set_epoch(epoch)
     g = pipe.generator(epoch)
     steps = steps_per_epoch(len(pipe.train_loader), t)
     steps = min(steps, max_steps) if max_steps else steps
-    loss_sum, correct, seen = 0.0, 0, 0
-    batches = tqdm(pipe.train_loader, total=steps, desc=f"epoch {epoch}", leave=False,
-                   disable=not progress)
-    for step, (waves, labels) in enumerate(batches):
-        if step == steps:
-            break
-        feats, labels = pipe.train_batch(waves, labels, g)
-        feats = feats.contiguous(memory_format=memory_format)
+
+    def prepare(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        feats, labels = pipe.train_batch(*batch, g)
+        return feats.contiguous(memory_format=memory_format), labels
+
+    batches = islice(pipe.train_loader, steps)
+    if t.prefetch:
+        batches = prefetched(batches, prepare)
+    else:
+        batches = map(prepare, batches)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=pipe.device)
+    correct = torch.zeros((), dtype=torch.int64, device=pipe.device)
+    seen = 0
+    bar = tqdm(batches, total=steps, desc=f"epoch {epoch}", leave=False, disable=not progress)
+    for step, (feats, labels) in enumerate(bar):
         loss, logits = train_step(replicas, feats, labels, optimizer, t,
                                   f"epoch {epoch} step {step}", scaler)
         scheduler.step()
-        loss_sum += loss.item() * len(labels)
-        correct += (logits.argmax(1) == labels).sum().item()
+        loss_sum += loss.double() * len(labels)
+        correct += (logits.argmax(1) == labels).sum()
         seen += len(labels)
-        batches.set_postfix(loss=f"{loss.item():.3f}")
-    return loss_sum, correct, seen
-
+        if progress:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    return loss_sum.item(), int(correct.item()), seen
 
 def _log_epoch(writer, epoch: int, row: dict[str, float], valid: EvalResult,
                classes: list[str]) -> None:
