@@ -128,6 +128,19 @@ def prefetched(batches: Iterable[Any], prepare: Callable[[Any], Any]) -> Iterato
             yield ahead.result()
 
 
+def train_batches(pipe: Pipeline, loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                  steps: int, g: torch.Generator, memory_format: torch.memory_format,
+                  prefetch: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The first `steps` batches of `loader` augmented and turned into features (drawing from
+    `g`), in `memory_format`; with `prefetch`, one batch ahead in a helper thread."""
+    def prepare(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        feats, labels = pipe.train_batch(*batch, g)
+        return feats.contiguous(memory_format=memory_format), labels
+
+    batches = islice(loader, steps)
+    return prefetched(batches, prepare) if prefetch else map(prepare, batches)
+
+
 def train_epoch(replicas: nn.Module, pipe: Pipeline, optimizer: torch.optim.Optimizer,
                 scheduler, t: TrainConfig, epoch: int,
                 memory_format: torch.memory_format = torch.contiguous_format,
@@ -142,15 +155,7 @@ def train_epoch(replicas: nn.Module, pipe: Pipeline, optimizer: torch.optim.Opti
     steps = steps_per_epoch(len(pipe.train_loader), t)
     steps = min(steps, max_steps) if max_steps else steps
 
-    def prepare(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        feats, labels = pipe.train_batch(*batch, g)
-        return feats.contiguous(memory_format=memory_format), labels
-
-    batches = islice(pipe.train_loader, steps)
-    if t.prefetch:
-        batches = prefetched(batches, prepare)
-    else:
-        batches = map(prepare, batches)
+    batches = train_batches(pipe, pipe.train_loader, steps, g, memory_format, t.prefetch)
     loss_sum = torch.zeros((), dtype=torch.float64, device=pipe.device)
     correct = torch.zeros((), dtype=torch.int64, device=pipe.device)
     seen = 0

@@ -49,7 +49,14 @@ from nas_kws.nas.sample import BandSampler
 from nas_kws.nas.search_config import SearchConfig, budget_band, open_space
 from nas_kws.nas.supernet import Supernet
 from nas_kws.runs import RunDir
-from nas_kws.train import build_optimizer, lr_factor, steps_per_epoch, stops_after, train_step
+from nas_kws.train import (
+    build_optimizer,
+    lr_factor,
+    steps_per_epoch,
+    stops_after,
+    train_batches,
+    train_step,
+)
 
 RECALIBRATION_BATCHES = 4    # held-out batches that re-estimate BN statistics of the derived path
 
@@ -233,17 +240,15 @@ class _Search:
         started = time.time()
         loss_sum, correct, seen = 0.0, 0, 0
         arch_losses = []
-        batches = tqdm(self.weight_loader, total=self.steps, leave=False, disable=not self.progress,
+        batches = tqdm(train_batches(self.pipe, self.weight_loader, self.steps, augment_gen,
+                                     self.memory_format, self.t.prefetch),
+                       total=self.steps, leave=False, disable=not self.progress,
                        desc=f"{'warm-up' if warm else 'search'} epoch {epoch}")
-        for step, (waves, labels) in enumerate(batches):
-            if step == self.steps:
-                break
+        for step, (feats, labels) in enumerate(batches):
             lr = peak * lr_factor((epoch - phase_start) * self.steps + step, warmup_steps,
                                   phase_epochs * self.steps)
             for group in self.weight_opt.param_groups:
                 group["lr"] = lr
-            feats, labels = self.pipe.train_batch(waves, labels, augment_gen)
-            feats = feats.contiguous(memory_format=self.memory_format)
             self.sample_path(warm, path_gen, band_rng)
             loss, hits = self.weight_step(feats, labels, f"epoch {epoch} step {step}")
             loss_sum += loss * len(labels)
