@@ -9,7 +9,7 @@ memory format `fit` uses. The whole iteration is `train.train_epoch` (store -> a
 features -> step) on the default synthetic set with experiments/bcresnetN.yaml.
 
     git --git-dir=$(fetched Qualcomm-AI-research/bcresnet) archive HEAD | tar -x -C /tmp/ref
-    python benchmarks/reference_step.py --reference /tmp/ref [--taus 1,8] [--rounds 7]
+    python benchmarks/reference_step.py --reference /tmp/ref [--taus 1,8] [--rounds 5]
     python benchmarks/reference_step.py --reference /tmp/ref --profile   # torch.profiler table
 """
 from __future__ import annotations
@@ -131,8 +131,10 @@ def main() -> None:
     parser.add_argument("--reference", required=True,
                         help="checkout of Qualcomm-AI-research/bcresnet (holds bcresnet.py)")
     parser.add_argument("--taus", default="1,8")
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=3, help="training steps per round")
+    parser.add_argument("--iteration_steps", type=int, default=10,
+                        help="whole iterations per round (one epoch start each round)")
     parser.add_argument("--no_iteration", action="store_true",
                         help="skip the whole-iteration timing (needs the synthetic set)")
     parser.add_argument("--profile", action="store_true",
@@ -162,12 +164,12 @@ def main() -> None:
         fns.update(infer_ref=infer_fn(ref, x, False), infer_ours=infer_fn(ours, x, cl))
         if store is not None:
             fns["iteration"] = iteration_fn(create_model(f"bcresnet{tau:g}"), cfg, store,
-                                            args.steps)
+                                            args.iteration_steps)
         repeats = {"train_ref": args.steps, "train_ours": args.steps, "infer_ref": args.steps,
                    "infer_ours": args.steps}
         times = interleaved(fns, args.rounds, repeats)
         if store is not None:
-            times["iteration"] = [s / args.steps for s in times["iteration"]]
+            times["iteration"] = [s / args.iteration_steps for s in times["iteration"]]
         whole = f"{ratio(times, 'iteration', 'train_ours'):.2f}" if store is not None else "-"
         print(f"| {tau:g} | {ratio(times, 'train_ref', 'train_ours'):.2f} "
               f"| {ratio(times, 'infer_ref', 'infer_ours'):.2f} | {whole} |", flush=True)

@@ -33,8 +33,12 @@ class SubSpectralNorm(nn.Module):
             raise ValueError(f"SubSpectralNorm: input height {h} is not divisible by groups="
                              f"{self.groups}; heights that work are multiples of {self.groups}, "
                              f"e.g. {' or '.join(map(str, nearest))}")
+        # Splitting the bins into groups copies a channels_last map to the default layout;
+        # the result goes back to channels_last so the layers after it stay in that format.
+        keep = (torch.channels_last if not x.is_contiguous()
+                and x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
         x = self.bn(x.reshape(b, c * self.groups, h // self.groups, w))
-        return x.reshape(b, c, h, w)
+        return x.reshape(b, c, h, w).contiguous(memory_format=keep)
 
 
 def _norm(channels: int, ssn_groups: int) -> nn.Module:
@@ -73,10 +77,11 @@ class BCResBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.project(x)
         f2 = self.f2(x)
-        out = self.f1(f2.mean(dim=2, keepdim=True)) + f2
+        # in place where autograd allows: two fewer full-size maps per block, the same sums
+        out = f2 + self.f1(f2.mean(dim=2, keepdim=True))
         if not self.transition:
-            out = out + x
-        return torch.relu(out)
+            out += x
+        return out.relu_()
 
 
 class BCResBottleneck(nn.Module):
@@ -91,7 +96,7 @@ class BCResBottleneck(nn.Module):
                                      nn.BatchNorm2d(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.project(self.block(x))
+        return self.project(self.block(x)).add_(x)
 
 
 class BCResNet(nn.Module):
