@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "nas_kws.report_commands",
     "nas_kws.demo_commands",
     "nas_kws.sweep.commands",
+    "nas_kws.zoo_commands",
 )
 
 

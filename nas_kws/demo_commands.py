@@ -2,7 +2,8 @@
 
 search (hybrid space, MAC budget) -> retrain the derived net -> train BC-ResNet-1 with the same
 recipe -> profile -> round weights (PTQ 8/6/4) and Brevitas QAT W8A8 / W4A8 -> ONNX fp32 and
-int8 with latency -> comparison report. Each step is the `nas-kws` command of the same name, run
+int8 with latency -> comparison report (baselines without a run: the zoo's reference runs,
+on the default set). Each step is the `nas-kws` command of the same name, run
 in this process, so the demo exercises exactly what users run. Running it again continues:
 finished steps are skipped, an interrupted search or training resumes from its checkpoint.
 """
@@ -16,6 +17,7 @@ from nas_kws.data.synth import SYNTH_SIZES
 from nas_kws.errors import EXPECTED_ERRORS, NasKwsError
 from nas_kws.report import MARKDOWN, REPORT_FILES
 from nas_kws.runs import RunDir, latency_path
+from nas_kws.zoo import read_index
 
 DEMO_RECIPE = EXPERIMENTS_DIR / "demo.yaml"          # training recipe of both nets
 DEMO_SEARCH = EXPERIMENTS_DIR / "demo_search.yaml"   # the search's space, budget and schedule
@@ -23,15 +25,15 @@ BASELINE = "bcresnet1"
 QAT_WEIGHT_BITS = (8, 4)      # Brevitas twins (8-bit activations) of both nets; W8A8 -> int8 ONNX
 
 
-def run_step(args: argparse.Namespace, argv: list[str]) -> None:
+def run_step(args: argparse.Namespace, argv: list[str], again: str = "the demo") -> None:
     """One `nas-kws` command, parsed by the `nas-kws` parser itself (`args.nas_kws_parser`);
-    a failing step stops the demo, and running the demo again continues from there."""
+    a failing step stops the job (`again`), and running it again continues from there."""
     print(f"\n$ nas-kws {' '.join(argv)}", flush=True)
     step = args.nas_kws_parser.parse_args(argv)
     try:
         step.func(step)
     except EXPECTED_ERRORS as err:
-        raise NasKwsError(f"step `nas-kws {' '.join(argv)}` failed: {err}; rerun the demo to "
+        raise NasKwsError(f"step `nas-kws {' '.join(argv)}` failed: {err}; rerun {again} to "
                           "continue from the finished steps") from err
 
 
@@ -118,8 +120,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for run in runs.values():
         quantize_steps(args, run)
     report = out / "report"
+    baselines = args.baselines or ",".join(read_index().models)
     run_step(args, ["compare", *(str(run.path) for run in runs.values()), *args.with_runs,
-                    "--baselines", args.baselines, "--out", str(report)])
+                    "--baselines", baselines, "--out", str(report)])
     print(summary(search, runs, report))
     return 0
 
@@ -145,8 +148,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, help=f"training epochs (default: {DEMO_RECIPE.name}'s)")
     p.add_argument("--qat_epochs", type=int, default=3, help="QAT fine-tuning epochs (default 3)")
     p.add_argument("--latency_runs", type=int, default=200, help="onnxruntime runs per model")
-    p.add_argument("--baselines", default="bcresnet1,bcresnet8",
-                   help="models the report must list (missing ones are marked missing)")
+    p.add_argument("--baselines",
+                   help="models the report must list (default: the zoo's, `nas-kws zoo list`); "
+                        "on the default set, reference runs fill those without a run, the rest "
+                        "are marked missing")
     p.add_argument("--with", dest="with_runs", nargs="+", default=[], metavar="RUN",
                    help="more finished runs for the report, e.g. a BC-ResNet-8 training")
     p.set_defaults(func=cmd_demo)

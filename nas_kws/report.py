@@ -3,7 +3,8 @@
 Per model: parameters, MACs, weight size at 32 / 8 / 4 bits, FP32 test accuracy (mean +- std
 when runs or seeds repeat a model), accuracy after each quantization the run holds and ONNX
 latency (rows: `nas_kws.report_rows`). Writes report.md, report.csv, accuracy_vs_macs.png and
-accuracy_vs_size.png. A requested baseline without a run is trained with its recipe
+accuracy_vs_size.png. A requested baseline without a run comes from the zoo's reference runs
+when the first run was trained on the zoo's data (`nas_kws.zoo`), else is trained with its recipe
 (`train_missing`) or listed as missing.
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ from nas_kws.plots import pyplot, save_figure
 from nas_kws.report_rows import FAMILIES, PTQ_DEFAULT_SCHEME, Row, collect, family_of, read_run
 from nas_kws.runs import RunDir
 from nas_kws.train import train_experiment
+from nas_kws.zoo import reference_runs
 
 MARKDOWN, CSV, MACS_PLOT, SIZE_PLOT = ("report.md", "report.csv", "accuracy_vs_macs.png",
                                       "accuracy_vs_size.png")
@@ -178,7 +180,12 @@ def compare(runs: list[str | os.PathLike], out: str | os.PathLike,
     for name in baselines or []:
         if any(r.label == name for r in rows):
             continue
-        if train_missing:
+        reference, note = reference_runs(name, runs[0])
+        if reference:
+            runs += map(str, reference)
+            rows += collect(reference)
+            rows[-1].note = note
+        elif train_missing:
             run_dir = train_baseline(name, runs[0], out, baseline_epochs)
             runs.append(str(run_dir))
             row = read_run(run_dir)[1]
@@ -187,7 +194,7 @@ def compare(runs: list[str | os.PathLike], out: str | os.PathLike,
             rows.append(row)
         else:
             rows.append(Row(label=name, family=family_of(name), runs=[], weight_bits=32,
-                            note="missing: no run given (not trained)"))
+                            note=f"missing: no run given (not trained){note}"))
     rows.sort(key=lambda r: (r.family, r.macs or 0, r.label))
     write_text(out / MARKDOWN, markdown(rows, runs))
     write_csv(out / CSV, columns(rows), table(rows))

@@ -58,6 +58,19 @@ class WaveformStore:
     noise: np.ndarray            # int16 (M, num_samples), M may be 0
     splits: dict[str, SplitArrays]
 
+    def content_hash(self) -> str:
+        """SHA-256 of what a model is trained and tested on (every split's samples and labels,
+        the noise crops): the same on any machine holding the same data, whatever its files'
+        paths and dates (the store's own key uses mtimes, so it is machine-specific)."""
+        h = hashlib.sha256()
+        for name in sorted(self.splits):
+            arrays = self.splits[name]
+            h.update(f"{name}\0{arrays.audio.shape}\0".encode())
+            for array in (arrays.audio, arrays.labels):
+                h.update(memoryview(np.ascontiguousarray(array)).cast("B"))
+        h.update(memoryview(np.ascontiguousarray(self.noise)).cast("B"))
+        return h.hexdigest()
+
     def split(self, name: str) -> SplitArrays:
         if name not in self.splits:
             raise ValueError(f"split {name!r} is not in the store at {self.root}; "

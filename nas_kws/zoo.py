@@ -1,0 +1,235 @@
+"""Reference runs shipped with the repository (the zoo): baselines trained with the comparison
+recipe on the embedded default synthetic set, so a report always has them.
+
+    zoo/index.yaml            the recipe (experiments/ file), its --set overrides, the seeds and
+                              the models; what `nas-kws zoo build` trains
+    zoo/<model>/seed<S>/      a packed run: config.yaml, features.yaml, classes.txt, metrics.json
+                              (plus "reference": the train command and the data fingerprint) and
+                              checkpoints/best.pt holding the weights and spec only
+
+`NAS_KWS_ZOO` points the package at another zoo folder. The data fingerprint names the set
+(`synth-v<recipe version>-seed<S>-<size>-<task>`) and ends with 16 hex digits of
+`WaveformStore.content_hash` (the decoded samples and labels of every split), so it is the same
+on every machine holding the same set, unlike the store's key, which uses file dates. A packed
+run counts only while its fingerprint is the current set's: `verify` re-evaluates every
+checkpoint and compares its test accuracy (to the clip) with metrics.json.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nas_kws.config import (
+    EXPERIMENTS_DIR,
+    DataConfig,
+    ExperimentConfig,
+    check_keys,
+    from_dict,
+    load_config,
+    parse_set_flags,
+    to_dict,
+)
+from nas_kws.data.loader import BatchLoader
+from nas_kws.data.synth import RECIPE_VERSION
+from nas_kws.errors import NasKwsError
+from nas_kws.evaluation import evaluate
+from nas_kws.features import Frontend
+from nas_kws.fileio import partial_dir, read_yaml
+from nas_kws.rebuild import load_model
+from nas_kws.runs import RunDir
+
+ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
+INDEX_NAME = "index.yaml"
+SLIM_KEYS = ("model", "model_spec", "features", "classes", "epoch", "best_valid_acc")
+ACC_KEY = "test_best_acc"      # what `verify` recomputes
+SETUP_FILES = ("config_path", "features_path", "classes_path")   # RunDir files copied as they are
+
+
+class ZooError(NasKwsError):
+    """A reference run that is stale, corrupt or does not reproduce its metrics."""
+
+
+def zoo_root() -> Path:
+    return Path(os.environ.get("NAS_KWS_ZOO") or ZOO_DIR)
+
+
+@dataclass
+class ZooIndex:
+    recipe: str                     # an experiments/ file name, or a path
+    seeds: list[int]
+    models: list[str]
+    overrides: list[str] = field(default_factory=list)   # `--set` pairs of the train command
+    root: Path = field(default=Path(), init=False, repr=False)   # the zoo folder (not a key)
+
+    def config(self, model: str, seed: int) -> ExperimentConfig:
+        """The config `train_argv` gives a run: recipe + overrides + model and seed."""
+        overrides = {**parse_set_flags(self.overrides), "model": model, "train.seed": seed}
+        return load_config(ExperimentConfig, EXPERIMENTS_DIR / self.recipe, overrides)
+
+    @property
+    def data(self) -> DataConfig:
+        return self.config(self.models[0], self.seeds[0]).data
+
+    def train_argv(self, model: str, seed: int, run_dir: str | os.PathLike) -> list[str]:
+        recipe = EXPERIMENTS_DIR / self.recipe
+        if recipe.is_relative_to(EXPERIMENTS_DIR.parent):
+            recipe = recipe.relative_to(EXPERIMENTS_DIR.parent)  # as run from the repository
+        return ["train", "--model", model, "--config", str(recipe), "--seed", str(seed),
+                "--run_dir", str(run_dir), "--quiet", "--set", *self.overrides]
+
+    def run(self, model: str, seed: int) -> RunDir:
+        return RunDir(self.root / model / f"seed{seed}")
+
+
+def read_index(root: Path | None = None) -> ZooIndex:
+    """The zoo's index.yaml, checked: unknown keys, models and a non-default data set are errors."""
+    from nas_kws.models import list_models
+
+    root = root or zoo_root()
+    path = root / INDEX_NAME
+    data = read_yaml(path, "zoo index (set NAS_KWS_ZOO to the zoo folder)")
+    check_keys(data if isinstance(data, dict) else {},
+               [f.name for f in fields(ZooIndex) if f.init], str(path))
+    index = from_dict(ZooIndex, data, str(path))
+    index.root = root
+    unknown = [m for m in index.models if m not in list_models()]
+    if unknown or not index.models or not index.seeds:
+        raise ValueError(f"{path}: models {unknown or index.models} / seeds {index.seeds}: "
+                         "expected registered models and at least one seed")
+    cfg = index.data
+    if cfg.dataset != "synth" or cfg.root is not None:
+        raise ValueError(f"{path}: reference runs are for the embedded synthetic set, not "
+                         f"dataset {cfg.dataset!r} at {cfg.root!r}")
+    return index
+
+
+def set_name(data: DataConfig) -> str:
+    return f"synth-v{RECIPE_VERSION}-seed{data.seed}-{data.synth_size}-{data.task}"
+
+
+def fingerprint(data: DataConfig, store) -> str:
+    return f"{set_name(data)}-{store.content_hash()[:16]}"
+
+
+def trained_on(run: RunDir) -> str:
+    """The data fingerprint a packed run records ("" when it has none)."""
+    return run.read_metrics().get("reference", {}).get("data_fingerprint", "")
+
+
+def is_current(run: RunDir, data: DataConfig) -> bool:
+    """Packed for the current recipe of the set (without hashing the data: `verify` does)."""
+    return run.finished and trained_on(run).rpartition("-")[0] == set_name(data)
+
+
+def measure_test_accuracy(run: RunDir, store) -> float:
+    """Test accuracy of the run's best checkpoint on `store`, on the CPU."""
+    model, features, classes = load_model(run.path)
+    if list(classes) != list(store.classes):
+        raise ValueError(f"{run.path}: classes {classes} differ from the data's {store.classes}")
+    test = store.split("test")
+    loader = BatchLoader(test.audio, test.labels, 500, split="test")
+    cpu = torch.device("cpu")
+    return evaluate(model, Frontend(features), loader, cpu, len(classes)).accuracy
+
+
+def check_accuracy(run: RunDir, store) -> float:
+    """The test accuracy, which must be metrics.json's to the clip; else a ZooError."""
+    stored = run.read_metrics().get(ACC_KEY)
+    measured = measure_test_accuracy(run, store)
+    if stored is None or round(abs(measured - stored) * len(store.split("test"))) != 0:
+        raise ZooError(f"{run.path}: test accuracy {measured:.4f} on the current set, but "
+                       f"{ACC_KEY} {stored} in {run.metrics_path.name}")
+    return measured
+
+
+def verify_run(index: ZooIndex, model: str, seed: int, store, current: str) -> float:
+    """Check one packed run against the current set (fingerprint `current`); a ZooError names
+    the run and what is wrong."""
+    run = index.run(model, seed)
+    label = f"reference run {model}/seed{seed}"
+    try:
+        recorded = trained_on(run)
+        if recorded != current:
+            raise ZooError(f"{run.path}: stale, trained on the set {recorded or '(none recorded)'}"
+                           f" but the current set is {current}; rebuild it with "
+                           f"`nas-kws zoo build {model}`")
+        return check_accuracy(run, store)
+    except (NasKwsError, ValueError, OSError) as err:
+        raise ZooError(f"{label}: {err}") from None
+
+
+def pack(index: ZooIndex, model: str, seed: int, work: RunDir, store, current: str) -> float:
+    """Copy a finished training of the recorded command into the zoo, slim: the best checkpoint's
+    weights and spec, the setup files and metrics.json with the command and data fingerprint.
+    The run must hold the recipe's config and reproduce its test accuracy on `store`."""
+    expected = to_dict(index.config(model, seed))
+    found = work.read_config()
+    differ = [key for key in expected if found.get(key) != expected[key]]
+    if differ:
+        raise ZooError(f"{work.config_path}: config section(s) {differ} differ from the zoo "
+                       f"recipe's ({index.recipe} with {index.overrides}, seed {seed})")
+    acc = check_accuracy(work, store)
+    metrics = work.read_metrics()
+    metrics["reference"] = {
+        "command": shlex.join(["nas-kws", *index.train_argv(model, seed, work.path)]),
+        "data_fingerprint": current}
+    state = work.load_checkpoint("best")
+    dest = index.run(model, seed)
+    dest.path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = RunDir(partial_dir(dest.path))
+    try:
+        tmp.save_checkpoint("best", {key: state[key] for key in SLIM_KEYS})
+        for name in SETUP_FILES:
+            shutil.copyfile(getattr(work, name), getattr(tmp, name))
+        tmp.write_metrics(metrics)
+        if dest.path.exists():   # a stale packing: swap, then remove it
+            old = partial_dir(dest.path)
+            os.replace(dest.path, old / "old")
+            os.replace(tmp.path, dest.path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp.path, dest.path)
+    except BaseException:
+        shutil.rmtree(tmp.path, ignore_errors=True)
+        raise
+    return acc
+
+
+def reference_runs(name: str, like_run: str | os.PathLike) -> tuple[list[Path], str]:
+    """(packed runs, note) of model `name` for a report whose first run is `like_run`: the zoo's
+    current runs when that run was trained on the zoo's data, else none. The note says what the
+    runs are, or why a baseline the zoo lists has none."""
+    run = RunDir(like_run)
+    root = zoo_root()
+    if not run.config_path.is_file() or not (root / INDEX_NAME).is_file():
+        return [], ""
+    index = read_index(root)
+    try:
+        data = from_dict(DataConfig, run.read_config().get("data"), str(run.config_path))
+    except ValueError:      # not a training run's config
+        return [], ""
+    if name not in index.models or to_dict(data) != to_dict(index.data):
+        return [], ""
+    seeds = [s for s in index.seeds if is_current(index.run(name, s), index.data)]
+    if not seeds:
+        return [], f"; no current reference run (build it: nas-kws zoo build {name})"
+    return ([index.run(name, s).path for s in seeds],
+            f"reference runs (zoo), mean +- std over seeds {', '.join(map(str, seeds))}")
+
+
+def describe_model(index: ZooIndex, model: str) -> dict[str, Any]:
+    """What `zoo list` shows of one model: its packed seeds (current or stale) and accuracies."""
+    runs = {s: index.run(model, s) for s in index.seeds}
+    built = [s for s, r in runs.items() if r.finished]
+    current = [s for s in built if is_current(runs[s], index.data)]
+    metrics = [runs[s].read_metrics() for s in current]
+    return {"model": model, "built": built, "current": current,
+            "accs": [m[ACC_KEY] for m in metrics],
+            "params": metrics[0]["params"] if metrics else None,
+            "macs": metrics[0]["macs"] if metrics else None}

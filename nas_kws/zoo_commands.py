@@ -1,0 +1,144 @@
+"""`nas-kws zoo list | build NAME... | verify [NAME...]`: the reference runs shipped for the
+embedded default synthetic set (see nas_kws.zoo)."""
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+from nas_kws.cliflags import add_quiet_flag
+from nas_kws.demo_commands import run_step
+from nas_kws.runs import RunDir
+
+
+def _index_and_names(args: argparse.Namespace):
+    from nas_kws.zoo import read_index
+
+    index = read_index()
+    names = getattr(args, "names", None) or index.models
+    unknown = [n for n in names if n not in index.models]
+    if unknown:
+        raise ValueError(f"{unknown}: not in the zoo index {index.root / 'index.yaml'}; its "
+                         f"models: {', '.join(index.models)}")
+    return index, names
+
+
+def _current_set(index, quiet: bool):
+    """(store, fingerprint) of the set the zoo is for, built on first use."""
+    from nas_kws.data.loader import open_dataset
+    from nas_kws.zoo import fingerprint
+
+    store = open_dataset(index.data, progress=not quiet)
+    return store, fingerprint(index.data, store)
+
+
+def _acc_text(accs: list[float]) -> str:
+    if not accs:
+        return "-"
+    spread = f" +- {100 * statistics.stdev(accs):.2f}" if len(accs) > 1 else ""
+    return f"{100 * statistics.mean(accs):.2f}{spread}"
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from nas_kws.zoo import describe_model, set_name
+
+    index, names = _index_and_names(args)
+    print(f"reference runs in {index.root} for the set {set_name(index.data)}: "
+          f"recipe {index.recipe} {' '.join(index.overrides)}, seeds "
+          f"{', '.join(map(str, index.seeds))}")
+    print(f"{'model':12s} {'params':>9s} {'MACs':>12s} {'seeds':>7s} {'test acc %':>14s}  status")
+    for name in names:
+        d = describe_model(index, name)
+        stale = sorted(set(d["built"]) - set(d["current"]))
+        status = ("built" if d["current"] == index.seeds else
+                  f"{len(d['current'])} of {len(index.seeds)} seeds" if d["current"] else
+                  "not built")
+        if stale:
+            status += f", stale seeds {stale} (trained on another set)"
+        params, macs = (f"{d[k]:,}" if d[k] else "-" for k in ("params", "macs"))
+        print(f"{name:12s} {params:>9s} {macs:>12s} "
+              f"{','.join(map(str, d['current'])) or '-':>7s} {_acc_text(d['accs']):>14s}  "
+              f"{status}")
+        if d["current"] != index.seeds:
+            argv = index.train_argv(name, 0, f"runs/zoo/{name}/seedSEED")
+            argv[argv.index("--seed") + 1] = "SEED"
+            print(f"    build: nas-kws zoo build {name}   (runs: nas-kws {' '.join(argv)})")
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from nas_kws.zoo import pack, trained_on
+
+    index, names = _index_and_names(args)
+    store, current = _current_set(index, args.quiet)
+    for name in names:
+        for seed in index.seeds:
+            label = f"{name}/seed{seed}"
+            if trained_on(index.run(name, seed)) == current:
+                print(f"{label}: built (trained on {current})")
+                continue
+            work = RunDir(Path(args.work) / name / f"seed{seed}")
+            if not work.finished:
+                if args.pack_only:
+                    print(f"{label}: {work.path} has not finished (no metrics.json): skipped")
+                    continue
+                again = f"`nas-kws zoo build {name}`"
+                if work.keep_if_resumable():
+                    run_step(args, ["train", "--resume", str(work.path), "--quiet"], again)
+                else:
+                    run_step(args, index.train_argv(name, seed, work.path), again)
+            acc = pack(index, name, seed, work, store, current)
+            print(f"{label}: packed {work.path} into {index.run(name, seed).path} "
+                  f"(test acc {acc:.4f} reproduced)")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from nas_kws.zoo import ZooError, verify_run
+
+    index, names = _index_and_names(args)
+    runs = [(n, s) for n in names for s in index.seeds if index.run(n, s).finished]
+    if not runs:
+        if args.names:
+            raise ValueError(f"{', '.join(names)}: no reference run built yet "
+                             f"(nas-kws zoo build {' '.join(names)})")
+        print(f"no reference run built yet in {index.root}")
+        return 0
+    store, current = _current_set(index, args.quiet)
+    failures = []
+    for name, seed in runs:
+        try:
+            acc = verify_run(index, name, seed, store, current)
+            print(f"ok    {name}/seed{seed}  test acc {acc:.4f} as stored")
+        except ZooError as err:
+            print(f"FAIL  {name}/seed{seed}  {err}")
+            failures.append(err)
+    if failures:
+        raise ZooError(f"{failures[0]}" + (f" (and {len(failures) - 1} more failed run(s), "
+                                           "listed above)" if len(failures) > 1 else ""))
+    print(f"{len(runs)} reference run(s) verified on {current}")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("zoo", help="reference runs shipped for the embedded synthetic set: "
+                                   "list, build, verify")
+    zoo = p.add_subparsers(dest="zoo_command", required=True, metavar="ACTION")
+    q = zoo.add_parser("list", help="models, seeds, test accuracy, status and build commands")
+    q.add_argument("names", nargs="*", metavar="NAME")
+    q.set_defaults(func=cmd_list)
+    q = zoo.add_parser("build", help="train (resumable) and pack reference runs with their "
+                                     "recorded command and seeds")
+    q.add_argument("names", nargs="+", metavar="NAME")
+    q.add_argument("--work", default="runs/zoo",
+                   help="where the trainings run, as WORK/NAME/seedS (default runs/zoo); "
+                        "finished ones there are packed without training")
+    q.add_argument("--pack_only", action="store_true",
+                   help="pack the finished trainings in WORK only; never train or write there")
+    add_quiet_flag(q)
+    q.set_defaults(func=cmd_build)
+    q = zoo.add_parser("verify", help="re-evaluate every packed checkpoint on the current set: "
+                                      "fails on a stale fingerprint or a changed accuracy")
+    q.add_argument("names", nargs="*", metavar="NAME")
+    add_quiet_flag(q)
+    q.set_defaults(func=cmd_verify)
