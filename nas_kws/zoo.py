@@ -219,8 +219,9 @@ def reference_runs(name: str, like_run: str | os.PathLike) -> tuple[list[Path], 
     seeds = [s for s in index.seeds if is_current(index.run(name, s), index.data)]
     if not seeds:
         return [], f"; no current reference run (build it: nas-kws zoo build {name})"
-    return ([index.run(name, s).path for s in seeds],
-            f"reference runs (zoo), mean +- std over seeds {', '.join(map(str, seeds))}")
+    note = (f"reference runs (zoo), mean +- std over seeds {', '.join(map(str, seeds))}"
+            if len(seeds) > 1 else f"reference run (zoo), seed {seeds[0]}")
+    return [index.run(name, s).path for s in seeds], note
 
 
 def describe_model(index: ZooIndex, model: str) -> dict[str, Any]:
