@@ -169,7 +169,7 @@ def pack(index: ZooIndex, model: str, seed: int, work: RunDir, store, current: s
     weights and spec, the setup files and metrics.json with the command and data fingerprint.
     The run must hold the recipe's config and reproduce its test accuracy on `store`."""
     expected = to_dict(index.config(model, seed))
-    found = work.read_config()
+    found = to_dict(work.experiment())     # keys added since it ran read as their defaults
     differ = [key for key in expected if found.get(key) != expected[key]]
     if differ:
         raise ZooError(f"{work.config_path}: config section(s) {differ} differ from the zoo "
