@@ -8,9 +8,10 @@ weight decay 1e-3, as the reference's main.py); nas-kws's goes through `train.tr
 memory format `fit` uses. The whole iteration is `train.train_epoch` (store -> augment ->
 features -> step) on the default synthetic set with experiments/bcresnetN.yaml.
 
-    git --git-dir=$(fetched Qualcomm-AI-research/bcresnet) archive HEAD | tar -x -C /tmp/ref
-    python benchmarks/reference_step.py --reference /tmp/ref [--taus 1,8] [--rounds 5]
-    python benchmarks/reference_step.py --reference /tmp/ref --profile   # torch.profiler table
+    mkdir -p bcresnet-ref
+    git --git-dir=$(fetched Qualcomm-AI-research/bcresnet) archive HEAD | tar -x -C bcresnet-ref
+    python benchmarks/reference_step.py --reference bcresnet-ref [--taus 1,8] [--rounds 5]
+    python benchmarks/reference_step.py --reference bcresnet-ref --profile   # torch.profiler table
 """
 from __future__ import annotations
 

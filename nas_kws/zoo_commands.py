@@ -10,6 +10,8 @@ from nas_kws.cliflags import add_quiet_flag
 from nas_kws.demo_commands import run_step
 from nas_kws.runs import RunDir
 
+WORK_DIR = "runs/zoo"   # where `zoo build` trains, and the run dir the shipped commands name
+
 
 def _index_and_names(args: argparse.Namespace):
     from nas_kws.zoo import read_index
@@ -60,7 +62,7 @@ def cmd_list(args: argparse.Namespace) -> int:
               f"{','.join(map(str, d['current'])) or '-':>7s} {_acc_text(d['accs']):>14s}  "
               f"{status}")
         if d["current"] != index.seeds:
-            argv = index.train_argv(name, 0, f"runs/zoo/{name}/seedSEED")
+            argv = index.train_argv(name, 0, f"{WORK_DIR}/{name}/seedSEED")
             argv[argv.index("--seed") + 1] = "SEED"
             print(f"    build: nas-kws zoo build {name}   (runs: nas-kws {' '.join(argv)})")
     return 0
@@ -130,7 +132,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     q = zoo.add_parser("build", help="train (resumable) and pack reference runs with their "
                                      "recorded command and seeds")
     q.add_argument("names", nargs="+", metavar="NAME")
-    q.add_argument("--work", default="runs/zoo",
+    q.add_argument("--work", default=WORK_DIR,
                    help="where the trainings run, as WORK/NAME/seedS (default runs/zoo); "
                         "finished ones there are packed without training")
     q.add_argument("--pack_only", action="store_true",
