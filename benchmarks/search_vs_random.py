@@ -2,12 +2,14 @@
 band and against the BC-ResNet family, all retrained with one recipe on the same data.
 
 Per setting (space, budget): the search over 3 seeds (each searched net retrained with its
-search's seed), K random nets from `--strategy random` (one seed each), and BC-ResNet-1/1.5/2/3
-over 3 seeds, with `experiments/demo.yaml`. Every finished training appends a row to
+search's seed), K random nets from `--strategy random` (one seed each; `--random_seeds 0,1,2`
+trains each with several, to measure seed noise), and BC-ResNet-1/1.5/2/3 over 3 seeds, with
+`experiments/demo.yaml`. Every finished training appends a row to
 `benchmarks/results/search_vs_random.csv` (locked, atomic), so an interrupted run resumes where
 it stopped (unfinished trainings resume from their checkpoints) and the rows can be committed
 between sessions. The table (mean +- std, the searched nets' percentile among the random ones,
-the BC-ResNet curve interpolated in log MACs) and the plot are rewritten after every row.
+the BC-ResNet curve interpolated in log MACs), the seed noise set against the random band's
+spread, and the plot are rewritten after every row.
 
     python benchmarks/search_vs_random.py                      # everything, hours on 2 cores
     python benchmarks/search_vs_random.py --kinds random --settings hybrid-6M
@@ -161,13 +163,14 @@ class Protocol:
             nas_kws(["search", "--strategy", "random", "--n", str(self.args.n_random),
                      "--path", str(path), "--manual_seed", "0", "--quiet", *s.search_flags(),
                      *self.search_extra])
-        seed = self.args.seed_list[0]
-        for i in range(self.args.n_random):
-            net = net_dir(path, i)
-            if self.pending(s.name, "random", "-", net.name, seed):
-                metrics = train(["--genotype", str(net / "genotype.yaml")], net / "retrain",
-                                seed, self.train_extra)
-                self.record(result_row(s.name, "random", "-", net.name, seed, metrics))
+        for seed in self.args.random_seed_list:
+            for i in range(self.args.n_random):
+                net = net_dir(path, i)
+                if self.pending(s.name, "random", "-", net.name, seed):
+                    run = net / ("retrain" if seed == 0 else f"retrain-seed{seed}")
+                    metrics = train(["--genotype", str(net / "genotype.yaml")], run, seed,
+                                    self.train_extra)
+                    self.record(result_row(s.name, "random", "-", net.name, seed, metrics))
 
     def searched(self, s: Setting) -> None:
         from nas_kws.runs import RunDir
@@ -238,6 +241,42 @@ def interpolate(curve: list[tuple[float, float, str]], macs: float) -> float | N
     return None
 
 
+def per_net(group: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Test accuracies (%) of each net of a group, one per seed."""
+    accs: dict[str, list[float]] = {}
+    for r in group:
+        accs.setdefault(r["net"], []).append(100 * float(r["test_acc"]))
+    return accs
+
+
+def noise_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """How much of the random band's spread is the nets and how much their training seed: the
+    seed std pooled over every net trained with more than one seed (one-way random effects)."""
+    repeated = [v for kind in ("bcresnet", "random") for setting in
+                dict.fromkeys(r["setting"] for r in rows)
+                for v in per_net([r for r in rows if r["kind"] == kind and
+                                  r["setting"] == setting]).values() if len(v) > 1]
+    if not repeated:
+        return []
+    dof = sum(len(v) - 1 for v in repeated)
+    seed_var = sum((len(v) - 1) * statistics.variance(v) for v in repeated) / dof
+    lines = [f"Seed noise: the same net's test accuracy varies by {math.sqrt(seed_var):.2f} "
+             f"points (std pooled over {len(repeated)} nets trained with 2-3 seeds, {dof} "
+             f"degrees of freedom)."]
+    for setting in dict.fromkeys(r["setting"] for r in rows if r["kind"] == "random"):
+        nets = per_net([r for r in rows if r["kind"] == "random" and r["setting"] == setting])
+        if len(nets) < 2:
+            continue
+        means = [statistics.mean(v) for v in nets.values()]
+        expected = seed_var * statistics.mean(1 / len(v) for v in nets.values())
+        between = statistics.variance(means)
+        lines.append(f"{setting}: the random nets' means spread by {math.sqrt(between):.2f} "
+                     f"(std over {len(nets)} nets); seed noise alone would give "
+                     f"{math.sqrt(expected):.2f}, so the nets themselves differ by about "
+                     f"{math.sqrt(max(0.0, between - expected)):.2f}.")
+    return lines
+
+
 def summary_lines(rows: list[dict[str, Any]]) -> list[str]:
     curve = bcresnet_curve(rows)
     lines = ["| setting | nets | n | MACs (mean) | test acc % mean +- std | valid acc % | "
@@ -250,8 +289,8 @@ def summary_lines(rows: list[dict[str, Any]]) -> list[str]:
         lines.append(f"| BC-ResNet | {name} | {len(group)} | {macs:,.0f} | {m:.2f} +- {s:.2f} | "
                      f"{v:.2f} | | | |")
     for setting in dict.fromkeys(r["setting"] for r in rows if r["kind"] != "bcresnet"):
-        random = [100 * float(r["test_acc"]) for r in rows
-                  if r["setting"] == setting and r["kind"] == "random"]
+        random = [statistics.mean(v) for v in per_net(
+            [r for r in rows if r["setting"] == setting and r["kind"] == "random"]).values()]
         groups = {("random", "-"): [r for r in rows if r["setting"] == setting
                                     and r["kind"] == "random"]}
         for r in rows:
@@ -260,7 +299,7 @@ def summary_lines(rows: list[dict[str, Any]]) -> list[str]:
         for (kind, tag), group in groups.items():
             if not group:
                 continue
-            accs = [100 * float(r["test_acc"]) for r in group]
+            accs = [statistics.mean(v) for v in per_net(group).values()]   # seeds averaged
             m, s = mean_std(accs)
             v = statistics.mean(100 * float(r["valid_acc"]) for r in group)
             macs = statistics.mean(float(r["macs"]) for r in group)
@@ -272,7 +311,7 @@ def summary_lines(rows: list[dict[str, Any]]) -> list[str]:
                 percentile = f"{100 * sum(a < m for a in random) / len(random):.0f}"
             curve_at = f"{ref:.2f} ({m - ref:+.2f})" if ref is not None else "outside"
             label = "random" if kind == "random" else f"searched ({tag})"
-            lines.append(f"| {setting} | {label} | {len(group)} | {macs:,.0f} | {m:.2f} +- "
+            lines.append(f"| {setting} | {label} | {len(accs)} | {macs:,.0f} | {m:.2f} +- "
                          f"{s:.2f} | {v:.2f} | {vs_random} | {percentile} | {curve_at} |")
     return lines
 
@@ -289,7 +328,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
                         textcoords="offset points")
     random = [r for r in rows if r["kind"] == "random"]
     ax.scatter([float(r["macs"]) for r in random], [100 * float(r["test_acc"]) for r in random],
-               s=14, c="tab:gray", alpha=0.7, label="random (1 seed each)")
+               s=14, c="tab:gray", alpha=0.7, label="random (a point per seed)")
     keys = dict.fromkeys((r["setting"], r["tag"]) for r in rows if r["kind"] == "searched")
     for setting, tag in keys:
         group = [r for r in rows if r["kind"] == "searched" and r["setting"] == setting
@@ -313,7 +352,7 @@ def write_report(csv_path: Path, args: argparse.Namespace) -> None:
     rows = read_rows(csv_path)
     if not rows:
         return
-    text = "\n".join(summary_lines(rows)) + "\n"
+    text = "\n".join(summary_lines(rows) + [""] + noise_lines(rows)) + "\n"
     write_text(csv_path.with_suffix(".md"), text)
     plot(rows, csv_path.with_suffix(".png"))
     if args.report:
@@ -329,6 +368,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--bcresnets", default=",".join(BCRESNETS))
     p.add_argument("--n_random", type=int, default=5)
+    p.add_argument("--random_seeds", default="0",
+                   help="training seeds of each random net (more than one measures seed noise)")
     p.add_argument("--tag", default="default", help="label of the searched rows")
     p.add_argument("--search_set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="search overrides for the searched rows (give them their own --tag)")
@@ -346,6 +387,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.batch_size = 16
         args.settings, args.bcresnets, args.search_epochs = "hybrid-6M", "bcresnet1", "1,1"
     args.seed_list = [int(s) for s in args.seeds.split(",")]
+    args.random_seed_list = [int(s) for s in args.random_seeds.split(",")]
     args.bcresnet_list = args.bcresnets.split(",")
     return args
 

@@ -161,7 +161,7 @@ def test_rank_correlations():
 
 
 def test_protocol_table_compares_with_random_and_the_bcresnet_curve():
-    from search_vs_random import summary_lines
+    from search_vs_random import noise_lines, summary_lines
 
     def row(setting, kind, net, macs, acc, tag="-"):
         return {"setting": setting, "kind": kind, "tag": tag, "net": net, "seed": 0,
@@ -174,6 +174,15 @@ def test_protocol_table_compares_with_random_and_the_bcresnet_curve():
     searched = next(line for line in summary_lines(rows) if "searched (t)" in line)
     # the curve at 2 M, linear in log MACs between 1 M (70 %) and 4 M (80 %), is 75 %
     assert "| 78.00 +- 0.00 |" in searched and "| +3.00 | 100 | 75.00 (+3.00) |" in searched
+
+    # net00 retrained with a second seed: the random mean is over nets (seeds averaged first),
+    # and the seed std pooled over repeated nets is set against the spread of the nets' means
+    rows.append({**row("s", "random", "net00", 2e6, 0.78), "seed": 1})
+    random = next(line for line in summary_lines(rows) if "| random |" in line)
+    assert "| 2 | 2,000,000 | 76.00 +- 0.00 |" in random
+    noise = noise_lines(rows)
+    assert noise[0].startswith("Seed noise: the same net's test accuracy varies by 2.83 points")
+    assert "means spread by 0.00 (std over 2 nets); seed noise alone would give 2.45" in noise[1]
 
 
 def test_halving_trains_rungs_and_keeps_the_best_third(tone_root, tmp_path):
