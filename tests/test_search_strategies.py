@@ -3,6 +3,7 @@ on a learnable set, and the search-vs-random protocol end to end."""
 import itertools
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -201,3 +202,18 @@ def test_halving_trains_rungs_and_keeps_the_best_third(tone_root, tmp_path):
                                                     if n not in survivors)
     again = successive_halving(cfg, tmp_path / "run", store=store, progress=False)
     assert again["picked"] == metrics["picked"]             # finished trainings are read back
+
+    # two worker processes train a rung's nets at once, to the same accuracies (1 thread each;
+    # each net's init is seeded, not left to what the process ran before)
+    one_rung = replace(cfg, search=replace(cfg.search, halving_nets=2, halving_epochs=[1]))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        serial = successive_halving(one_rung, tmp_path / "serial", store=store, progress=False)
+        parallel = successive_halving(
+            replace(one_rung, search=replace(one_rung.search, halving_workers=2)),
+            tmp_path / "parallel", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert [(r["net"], r["valid_acc"]) for r in parallel["rungs"]] == [
+        (r["net"], r["valid_acc"]) for r in serial["rungs"]]

@@ -53,6 +53,7 @@ class ArchSearchConfig:
     halving_nets: int = 18                # strategy halving: nets of the first rung
     halving_epochs: list = field(default_factory=lambda: [3, 8, 16])   # epochs per rung
     halving_eta: int = 3                  # each rung keeps the best 1/eta
+    halving_workers: int = 1              # nets of a rung trained at once (processes)
     arch_lr: float = 0.02
     arch_adam_beta1: float = 0.0
     arch_adam_beta2: float = 0.999
@@ -140,6 +141,7 @@ def _check(cfg: SearchConfig) -> None:
                                         for e in s.halving_epochs), "halving_epochs",
          "a non-empty list of epoch counts >= 1, e.g. [3, 8, 16]"),
         (s.halving_eta >= 2, "halving_eta", ">= 2"),
+        (s.halving_workers >= 1, "halving_workers", ">= 1"),
         (s.grad_binary_mode in BINARY_MODES, "grad_binary_mode", f"one of {BINARY_MODES}"),
         (s.grad_reg_loss_type in REG_LOSS_TYPES, "grad_reg_loss_type", f"one of {REG_LOSS_TYPES}"),
         (s.target_hardware in TARGETS, "target_hardware", f"one of {TARGETS}"),
