@@ -29,3 +29,17 @@ def test_feature_config_rejects_unknown_keys_and_bad_values():
         FeatureConfig(kind="mfcc", n_mfcc=0)
     with pytest.raises(ValueError, match="kind"):
         FeatureConfig(kind="cqt")
+
+
+@pytest.mark.parametrize("config", [FeatureConfig.logmel(), FeatureConfig.dscnn()])
+def test_power_spectrogram_is_torchaudios_to_rounding(config):
+    import torchaudio
+
+    from nas_kws.features import PowerSpectrogram
+
+    waves = torch.randn(2, config.num_samples) * 0.1
+    ours = PowerSpectrogram(config)(waves)
+    theirs = torchaudio.transforms.Spectrogram(
+        n_fft=config.n_fft, win_length=config.win_length, hop_length=config.hop_length,
+        center=config.center, power=2.0)(waves)
+    assert torch.allclose(ours, theirs, rtol=1e-6, atol=0)
