@@ -80,11 +80,13 @@ def infer_fn(model: nn.Module, x: torch.Tensor, channels_last: bool) -> Callable
     return run
 
 
-def iteration_fn(model: nn.Module, cfg: ExperimentConfig, store, steps: int) -> Callable[[], None]:
-    """`steps` whole training iterations as `fit` runs them."""
+def iteration_fn(model: nn.Module, cfg: ExperimentConfig, store, steps: int,
+                 frontend: nn.Module | None = None) -> Callable[[], None]:
+    """`steps` whole training iterations as `fit` runs them (with another `frontend` if given)."""
     fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     model.to(memory_format=fmt)
     pipe = Pipeline(store, cfg, model.feature_config, torch.device("cpu"))
+    pipe.frontend = frontend or pipe.frontend
     opt = build_optimizer(model.parameters(), cfg.train)
     sched = build_scheduler(opt, cfg.train, len(pipe.train_loader))
     return lambda: train_epoch(model, pipe, opt, sched, cfg.train, 0, fmt, max_steps=steps)
