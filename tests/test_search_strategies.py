@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from torch import nn
 from test_nas import TINY_SPACE
 
 from nas_kws.data.loader import open_dataset
@@ -20,7 +21,11 @@ from nas_kws.nas.derive import budget_picks
 from nas_kws.nas.evolution import evolve
 from nas_kws.nas.sample import BandSampler
 from nas_kws.nas.search import search
+from nas_kws.nas.sandwich import warmup_path
 from nas_kws.nas.search_config import load_search_config
+from nas_kws.nas.shared_weights import SlicedBatchNorm
+from nas_kws.nas.space import load_space
+from nas_kws.nas.supernet import Supernet
 from nas_kws.profiling import profile_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
@@ -120,18 +125,52 @@ def _config(tmp_path, tone_root, **search):
 
 
 def test_supernet_learns_on_a_learnable_set(tone_root, tmp_path):
-    """Band-uniform paths and an lr warm-up: 40 steps of 20 clips take the supernet from chance
-    (25 %) to over 50 % on the tones."""
+    """The warm-up recipe (sandwich.py): shared weights, the teacher path first, then paths
+    opened position by position until they are drawn uniformly from the band. After it the
+    sampled band paths are far above chance (25 %) on the tones."""
     cfg = _config(tmp_path, tone_root, strategy="evolution", path_sampling="band",
-                  warmup_epochs=8, n_epochs=0, lr_warmup_epochs=1, warmup_lr=0.1,
-                  evo_population=4, evo_parents=2, evo_generations=1)
+                  share_weights=True, teacher_op="bcres", teacher_epochs=2, open_epochs=3,
+                  warmup_epochs=7, n_epochs=0, warmup_lr=0.1, evo_population=4,
+                  evo_parents=2, evo_generations=1)
     metrics = search(cfg, tmp_path / "run", store=open_dataset(cfg.data, progress=False),
                      progress=False)
-    assert metrics["history"][-1]["train_acc"] > 0.5
+    assert metrics["history"][-1]["train_acc"] > 0.5      # band-uniform paths (fully opened)
     assert metrics["supernet_valid_acc"] > 0.45
     assert metrics["within_budget"] and metrics["strategy"] == "evolution"
     rows = (tmp_path / "run" / "evolution.csv").read_text().splitlines()
     assert rows[0] == "generation,macs,fitness,picks" and len(rows) - 1 <= 4 + 1 * 2
+
+
+def test_warmup_paths_open_from_the_teacher():
+    teacher, drawn = [0, 1, 2, 0], [1, 2, 0, 2]
+    rng = np.random.default_rng(0)
+    assert warmup_path(teacher, lambda: drawn, 1, 2, 4, rng) == teacher      # teacher epochs
+    assert warmup_path(teacher, lambda: drawn, 5, 2, 4, rng) == drawn        # fully open
+    assert warmup_path(teacher, lambda: drawn, 0, 0, 0, rng) == drawn        # recipe off
+    half = [warmup_path(teacher, lambda: drawn, 3, 2, 4, rng) for _ in range(200)]
+    opened = np.mean([a == b for path in half for a, b in zip(path, drawn)])
+    assert 0.4 < opened < 0.6                                                  # 2 of 4 epochs
+
+
+def test_shared_candidates_slice_the_largest_members_convs_and_norms():
+    torch.manual_seed(0)
+    space = load_space("hybrid", 0.5)
+    shared, alone = Supernet(space, 12, share_weights=True), Supernet(space, 12)
+    assert (sum(p.numel() for p in shared.parameters())
+            < 0.5 * sum(p.numel() for p in alone.parameters()))
+    position = space.searchable[1]
+    small, big = (shared.mixed_ops[1].candidates[k] for k in (0, 3))   # bcres f3t3, f5t5
+    assert any(isinstance(m, SlicedBatchNorm) for m in small.modules())
+    assert not any(isinstance(m, nn.BatchNorm2d) and m.affine for m in small.modules()
+                   if m not in set(big.modules()))
+    x = torch.randn(2, *position.in_shape)
+    small.eval()
+    before = small(x)
+    with torch.no_grad():
+        for norm in big.modules():
+            if isinstance(norm, nn.BatchNorm2d):
+                norm.bias += 1.0
+    assert not torch.allclose(before, small(x))           # the affines are the largest's
 
 
 def test_search_vs_random_quick(tmp_path):

@@ -46,6 +46,7 @@ from nas_kws.nas.history import (
     position_names,
 )
 from nas_kws.nas.sample import BandSampler
+from nas_kws.nas.sandwich import sandwich_step, teacher_picks, warmup_path
 from nas_kws.nas.search_config import SearchConfig, budget_band, open_space
 from nas_kws.nas.supernet import Supernet
 from nas_kws.runs import RunDir
@@ -114,6 +115,7 @@ class _Search:
         # paths of the weight steps: uniform over the band's nets (SPOS's constrained sampling)
         # where the search has a budget and asks for it, else uniform per position / by p
         self.sampler = BandSampler(self.table, *self.band) if self.band else None
+        self.teacher = teacher_picks(self.space, self.table, self.s.teacher_op)
         experiment = ExperimentConfig(data=cfg.data, augment=cfg.augment, train=cfg.train)
         shard = distributed.shard()
         self.pipe = Pipeline(self.store, experiment, self.space.features, self.device, shard)
@@ -181,9 +183,29 @@ class _Search:
         else:
             self.supernet.sample_paths(generator, uniform=warm)
 
-    def weight_step(self, feats: torch.Tensor, labels: torch.Tensor,
-                    where: str) -> tuple[float, int]:
-        """The trainer's step on the current path (gradients averaged over the processes)."""
+    def weight_step(self, feats: torch.Tensor, labels: torch.Tensor, where: str, epoch: int,
+                    warm: bool, generator: torch.Generator,
+                    band_rng: np.random.Generator) -> tuple[float, float]:
+        """The trainer's step on a sampled path (gradients averaged over the processes); while
+        weights alone are trained, the teacher path alone for the first `teacher_epochs`, then
+        the sandwich of the teacher and `sandwich_paths` opened paths (sandwich.py)."""
+        def draw() -> list[int]:
+            self.sample_path(warm, generator, band_rng)
+            return [m.active for m in self.supernet.mixed_ops]
+
+        def path() -> list[int]:
+            return warmup_path(self.teacher, draw, epoch, self.s.teacher_epochs,
+                               self.s.open_epochs, band_rng)
+
+        if warm or self.s.strategy != "proxyless":
+            if epoch >= self.s.teacher_epochs and self.s.sandwich_paths:
+                loss, hits = sandwich_step(self.supernet, feats, labels, self.weight_opt, self.t,
+                                           self.teacher, path, self.s.sandwich_paths, where,
+                                           self.average_weight_gradients)
+                return loss, hits / self.s.sandwich_paths
+            self.supernet.choose(path())
+        else:
+            draw()
         loss, logits = train_step(self.supernet, feats, labels, self.weight_opt, self.t, where,
                                   after_backward=self.average_weight_gradients)
         return loss.item(), int((logits.argmax(1) == labels).sum())
@@ -249,8 +271,8 @@ class _Search:
                                   phase_epochs * self.steps)
             for group in self.weight_opt.param_groups:
                 group["lr"] = lr
-            self.sample_path(warm, path_gen, band_rng)
-            loss, hits = self.weight_step(feats, labels, f"epoch {epoch} step {step}")
+            loss, hits = self.weight_step(feats, labels, f"epoch {epoch} step {step}", epoch,
+                                          warm, path_gen, band_rng)
             loss_sum += loss * len(labels)
             correct += hits
             seen += len(labels)

@@ -18,6 +18,7 @@ from nas_kws.config import (
     from_dict,
     read_config_file,
 )
+from nas_kws.models.genotype import BLOCK_OPS
 from nas_kws.nas.arch_loss import REG_LOSS_TYPES
 from nas_kws.nas.mixed_op import BINARY_MODES
 from nas_kws.nas.space import SearchSpace, load_space
@@ -45,7 +46,15 @@ class ArchSearchConfig:
     path_sampling: str = "position"       # weight-step paths before p is learned: position
     #                                       (uniform per position) | band (uniform over the
     #                                       budget band's nets; budget loss only)
-    share_weights: bool = False           # candidates of a family slice one set of conv weights
+    share_weights: bool = False           # candidates of a family slice one set of conv
+    #                                       weights and batch-norm affines
+    teacher_op: str = "largest"           # the teacher path (sandwich.py): per position the
+    #                                       candidate with most MACs, or of this op (bcres)
+    teacher_epochs: int = 0               # first warm-up epochs train the teacher path only
+    open_epochs: int = 0                  # then over these epochs each position of a sampled
+    #                                       path leaves the teacher's pick ever more often
+    sandwich_paths: int = 0               # >0: each warm-up weight step trains the teacher
+    #                                       path and this many sampled paths distilled from it
     evo_population: int = 16              # strategy evolution: nets per generation
     evo_generations: int = 6
     evo_parents: int = 6                  # best nets kept as parents
@@ -132,6 +141,13 @@ def _check(cfg: SearchConfig) -> None:
         (s.n_random >= 1, "n_random", ">= 1"),
         (s.path_sampling in PATH_SAMPLING, "path_sampling", f"one of {PATH_SAMPLING}"),
         (s.lr_warmup_epochs >= 0, "lr_warmup_epochs", ">= 0"),
+        (0 <= s.teacher_epochs <= s.warmup_epochs + (s.n_epochs if s.strategy == "evolution"
+                                                      else 0),
+         "teacher_epochs", ">= 0 and at most the epochs that train weights only"),
+        (s.sandwich_paths >= 0, "sandwich_paths", ">= 0"),
+        (s.open_epochs >= 0, "open_epochs", ">= 0"),
+        (s.teacher_op in ("largest", *BLOCK_OPS), "teacher_op",
+         f"largest or a block op: {sorted(BLOCK_OPS)}"),
         (s.evo_population > s.evo_parents >= 2, "evo_population",
          f"more than evo_parents ({s.evo_parents}, itself >= 2)"),
         (s.evo_generations >= 0, "evo_generations", ">= 0"),

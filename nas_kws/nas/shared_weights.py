@@ -36,14 +36,37 @@ class SlicedConv(nn.Module):
         return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
 
-def _convs(module: nn.Module) -> list[tuple[nn.Module, str, nn.Conv2d]]:
-    """(parent, attribute, conv) of every Conv2d inside `module`, in forward order."""
+class SlicedBatchNorm(nn.BatchNorm2d):
+    """A batch norm with its own running statistics and the first channels of `source`'s
+    affine parameters (Once-for-All shares them across kernel sizes and slices them by width)."""
+
+    def __init__(self, norm: nn.BatchNorm2d, source: nn.BatchNorm2d):
+        super().__init__(norm.num_features, norm.eps, norm.momentum, affine=False)
+        self.source = source
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.num_features
+        factor = 0.0
+        if self.training:
+            self.num_batches_tracked += 1
+            factor = (1.0 / float(self.num_batches_tracked) if self.momentum is None
+                      else self.momentum)
+        return F.batch_norm(x, self.running_mean, self.running_var, self.source.weight[:n],
+                            self.source.bias[:n], self.training, factor, self.eps)
+
+
+def _layers(module: nn.Module, kind: type) -> list[tuple[nn.Module, str, nn.Module]]:
+    """(parent, attribute, layer) of every `kind` layer inside `module`, in forward order."""
     found = []
     for parent in module.modules():
         for name, child in parent.named_children():
-            if isinstance(child, nn.Conv2d):
+            if isinstance(child, kind):
                 found.append((parent, name, child))
     return found
+
+
+def _convs(module: nn.Module) -> list[tuple[nn.Module, str, nn.Conv2d]]:
+    return _layers(module, nn.Conv2d)
 
 
 def _fits(conv: nn.Conv2d, source: nn.Conv2d) -> bool:
@@ -73,4 +96,9 @@ def share_family_weights(choices: list[dict[str, Any]], candidates: list[nn.Modu
                 if _fits(conv, source):
                     setattr(parent, name, SlicedConv(conv, source))
                     shared += 1
+            norms = [n for _, _, n in _layers(largest, nn.BatchNorm2d)]
+            for (parent, name, norm), source in zip(reversed(_layers(member, nn.BatchNorm2d)),
+                                                    reversed(norms)):
+                if norm.num_features <= source.num_features:
+                    setattr(parent, name, SlicedBatchNorm(norm, source))
     return shared
