@@ -52,7 +52,8 @@ def test_experiment_files_load():
     sweeps = [p for p in paths if "study" in (yaml.safe_load(p.read_text()) or {})]
     searches = [p for p in paths
                 if p not in sweeps and "search" in (yaml.safe_load(p.read_text()) or {})]
-    assert [p.name for p in searches] == ["demo_search.yaml", "search_halving.yaml"]
+    assert [p.name for p in searches] == ["demo_search.yaml", "search_halving.yaml",
+                                         "search_supernet.yaml"]
     assert [p.name for p in sweeps] == ["sweep_budget.yaml", "sweep_budget_small.yaml",
                                         "sweep_lr.yaml", "sweep_qat_bits.yaml"]
     for path in paths:
