@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from torch import nn
 from test_nas import TINY_SPACE
+from torch import nn
 
 from nas_kws.data.loader import open_dataset
 from nas_kws.models import create_model
@@ -20,8 +20,8 @@ from nas_kws.nas.cost import MacsTable
 from nas_kws.nas.derive import budget_picks
 from nas_kws.nas.evolution import evolve
 from nas_kws.nas.sample import BandSampler
-from nas_kws.nas.search import search
 from nas_kws.nas.sandwich import warmup_path
+from nas_kws.nas.search import search
 from nas_kws.nas.search_config import load_search_config
 from nas_kws.nas.shared_weights import SlicedBatchNorm
 from nas_kws.nas.space import load_space
