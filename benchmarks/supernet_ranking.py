@@ -102,8 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="write the figures here too")
     args = p.parse_args(argv)
     set_threads()
-    alone = {r["net"]: float(r[args.metric]) for r in read_rows(Path(args.csv))
-             if r["setting"] == args.setting and r["kind"] == "random"}
+    seeds: dict[str, list[float]] = {}
+    for r in read_rows(Path(args.csv)):
+        if r["setting"] == args.setting and r["kind"] == "random":
+            seeds.setdefault(r["net"], []).append(float(r[args.metric]))
+    alone = {net: sum(values) / len(values) for net, values in seeds.items()}   # mean over seeds
     nets = sorted(n for n in alone if (Path(args.random) / n / "metrics.json").is_file())
     if len(nets) < 3:
         raise SystemExit(f"supernet_ranking: {len(nets)} retrained random nets of "
@@ -113,9 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     supernet = supernet_accuracies(Path(args.search), picks)
     stand_alone = [alone[n] for n in nets]
     tau, rho = kendall_tau(supernet, stand_alone), spearman_rho(supernet, stand_alone)
-    print("| net | supernet valid % | stand-alone % |\n|---|---:|---:|")
+    print("| net | supernet valid % | stand-alone % (seed mean) | seeds |\n|---|---:|---:|---:|")
     for n, a, b in zip(nets, supernet, stand_alone):
-        print(f"| {n} | {100 * a:.2f} | {100 * b:.2f} |")
+        print(f"| {n} | {100 * a:.2f} | {100 * b:.2f} | {len(seeds[n])} |")
     print(f"\n{len(nets)} paths: Kendall tau {tau:.3f}, Spearman rho {rho:.3f} "
           f"(supernet {args.search} against stand-alone {args.metric})")
     png = Path(args.png) if args.png else Path(args.csv).parent / (
