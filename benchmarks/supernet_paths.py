@@ -1,5 +1,6 @@
 """How fast does the supernet learn as the number of paths it trains grows? The diagnostic behind
-the README's "the weight-sharing supernet does not learn on this set".
+the README's supernet paragraph (paths drawn afresh every step stay at chance without the
+warm-up recipe of nas/sandwich.py).
 
 Trains a fresh supernet of a space for E epochs with weight steps that cycle through K fixed
 paths drawn uniformly from the budget band (K = 0: a new band path every step), and prints the
