@@ -30,7 +30,8 @@ OPSET = 17
 INTEGER_OPS = {"QLinearConv", "QGemm", "QLinearMatMul", "ConvInteger", "MatMulInteger",
                "QLinearAdd", "QLinearMul", "QLinearGlobalAveragePool", "QLinearAveragePool",
                "QLinearSigmoid", "QLinearLeakyRelu", "QLinearConcat"}
-LAYOUT_OPS = {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity"}
+LAYOUT_OPS = {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Split",
+              "Slice"}
 CONVERSION_OPS = {"QuantizeLinear", "DequantizeLinear", "Clip"}
 FLOAT_WEIGHT_OPS = {"Conv", "Gemm", "MatMul", "FusedConv", "FusedGemm", "FusedMatMul"}
 

@@ -130,7 +130,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                    help="also a full-integer .tflite (needs the tflite extra)")
     p.add_argument("--out", help="output folder (default RUN/export)")
     p.add_argument("--parity_clips", type=int, help="test clips for the parity check (default all)")
-    p.add_argument("--calib_clips", type=int, default=500)
+    p.add_argument("--calib_clips", type=int, default=4000,
+                   help="training clips that calibrate the W8A8 activation ranges")
     p.set_defaults(func=cmd_export)
 
     bench = subparsers.add_parser("bench", help="speed measurements")

@@ -3,7 +3,11 @@ so onnxruntime runs QLinear kernels end to end and LiteRT gets a full-integer mo
 
 Post-training quantization with PyTorch 2 export (torchao's PT2E): the batch-norm-folded net is
 traced by torch.export and rewritten into ops that integer runtimes have kernels for
-- a batch norm that cannot fold (SubSpectralNorm's ChannelAffine) -> depthwise 1x1 conv + bias,
+- SubSpectralNorm (eval) -> slices along frequency, one depthwise 1x1 conv + bias per sub-band,
+  concatenation: no reshape between channels and sub-bands, which NHWC runtimes (onnxruntime's
+  int8 kernels, LiteRT) pay for with Transposes (a broadcast multiply by a (C, bins) scale is
+  exact too, but its short inner loops run slower than the slices),
+- any other batch norm that cannot fold (a ChannelAffine) -> depthwise 1x1 conv + bias,
 - SiLU -> x * sigmoid(x) (QLinearSigmoid / LOGISTIC, then QLinearMul / MUL),
 - a mean over frequency or time -> depthwise conv with 1/n weights (onnxruntime has no integer
   ReduceMean, and its QLinearAveragePool is slower than its depthwise QLinearConv),
@@ -21,31 +25,64 @@ from typing import Iterable
 import torch
 from torch import fx, nn
 
-from nas_kws.quant.fold import ChannelAffine, example_input, fold_batchnorm
+from nas_kws.models.bcresnet import SubSpectralNorm
+from nas_kws.quant.fold import ChannelAffine, example_input, fold_batchnorm, run_hooked
 
 aten = torch.ops.aten
 WEIGHTED = {aten.conv2d.default, aten.conv1d.default, aten.linear.default}
 RELU = {aten.relu.default, aten.relu_.default}
 BINARY = {aten.add.Tensor, aten.add_.Tensor, aten.mul.Tensor, aten.mul_.Tensor}
 SHARED = {aten.reshape.default, aten.view.default, aten.flatten.using_ints, aten.permute.default,
-          aten.squeeze.dim, aten.unsqueeze.default, aten.constant_pad_nd.default,
+          aten.squeeze.dim, aten.slice.Tensor, aten.unsqueeze.default, aten.constant_pad_nd.default,
           aten.pad.default, aten.clone.default, aten.avg_pool2d.default,
           aten.max_pool2d.default, aten.hardtanh.default, aten.hardtanh_.default}
 DROPOUT = {aten.dropout.default, aten.feature_dropout.default}
 SILU = {aten.silu.default, aten.silu_.default}
 
 
+def _depthwise_affine(scale: torch.Tensor, shift: torch.Tensor) -> nn.Conv2d:
+    """y = x * scale + shift per channel as a depthwise 1x1 conv with bias."""
+    channels = scale.numel()
+    conv = nn.Conv2d(channels, channels, 1, groups=channels)
+    with torch.no_grad():
+        conv.weight.copy_(scale.reshape(channels, 1, 1, 1))
+        conv.bias.copy_(shift.reshape(channels))
+    return conv
+
+
+class BandAffine(nn.Module):
+    """A folded SubSpectralNorm (its bn a ChannelAffine over channels x groups) without its
+    reshapes: the bins are sliced into the sub-bands, each gets its own per-channel affine
+    (a depthwise 1x1 conv) and they are joined again along frequency. Slicing and joining
+    along frequency are free in NHWC, where the reshape to channels x groups is a transpose."""
+
+    def __init__(self, norm: SubSpectralNorm, bins: int):
+        super().__init__()
+        scale, shift = norm.bn.scale.view(-1, norm.groups), norm.bn.shift.view(-1, norm.groups)
+        self.band = bins // norm.groups
+        self.bands = nn.ModuleList(_depthwise_affine(scale[:, g], shift[:, g])
+                                   for g in range(norm.groups))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.band
+        return torch.cat([affine(x[:, :, g * n:(g + 1) * n])
+                          for g, affine in enumerate(self.bands)], dim=2)
+
+
 def deployable(model: nn.Module) -> nn.Module:
-    """The folded net (a copy) with each ChannelAffine as a depthwise 1x1 conv with bias."""
+    """The folded net (a copy): each SubSpectralNorm a BandAffine, each other ChannelAffine a
+    depthwise 1x1 conv with bias."""
     net = fold_batchnorm(model)
+    norms = {name: m for name, m in net.named_modules() if isinstance(m, SubSpectralNorm)}
+    bins: dict[str, int] = {}
+    run_hooked(net, example_input(net, batch=1), [
+        m.register_forward_pre_hook(lambda mod, inp, name=name: bins.update({
+            name: inp[0].shape[2]})) for name, m in norms.items()])
+    for name, norm in norms.items():
+        net.set_submodule(name, BandAffine(norm, bins[name]))
     for name, module in list(net.named_modules()):
         if isinstance(module, ChannelAffine):
-            channels = module.scale.numel()
-            conv = nn.Conv2d(channels, channels, 1, groups=channels)
-            with torch.no_grad():
-                conv.weight.copy_(module.scale.view(channels, 1, 1, 1))
-                conv.bias.copy_(module.shift)
-            net.set_submodule(name, conv)
+            net.set_submodule(name, _depthwise_affine(module.scale, module.shift))
     return net
 
 
@@ -164,6 +201,10 @@ def _quantizer():
                     output = act
                 elif target is aten.sigmoid.default:
                     inputs, output = {node.args[0]: act}, sigmoid
+                elif target is aten.cat.default:
+                    parts = node.args[0]
+                    inputs = {a: SharedQuantizationSpec(node) for a in parts}
+                    output = act
                 elif target in SHARED and _is_activation(node.args[0]):
                     inputs = {node.args[0]: act}
                     output = SharedQuantizationSpec((node.args[0], node))
@@ -181,19 +222,22 @@ def _quantizer():
 
 @torch.no_grad()
 def integer_net(model: nn.Module, calibration: Iterable[torch.Tensor]) -> fx.GraphModule:
-    """The calibrated W8A8 reference of a float `model` (batch 1), carrying its feature_config,
-    num_classes and spec; `calibration` yields feature batches of any size."""
+    """The calibrated W8A8 reference of a float `model`, carrying its feature_config,
+    num_classes and spec; `calibration` yields feature batches of any size. It is traced with a
+    dynamic batch, so calibration and the reference's logits run whole batches (the exports
+    trace it again at batch 1)."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     float_net = deployable(model.cpu().eval())
-    example = example_input(model, batch=1)
-    traced = integer_ops(torch.export.export(float_net, (example,)).module())
+    example = example_input(model, batch=2)
+    batch = {0: torch.export.Dim("batch", min=1, max=1024)}
+    traced = integer_ops(torch.export.export(float_net, (example,),
+                                             dynamic_shapes=(batch,)).module())
     prepared = prepare_pt2e(traced, _quantizer())
     seen = 0
     for feats in calibration:
-        for clip in feats.split(1):
-            prepared(clip)
-            seen += 1
+        prepared(feats)
+        seen += len(feats)
     if not seen:
         raise ValueError("integer_net: no calibration clips")
     net = convert_pt2e(prepared, fold_quantize=False)
@@ -203,6 +247,6 @@ def integer_net(model: nn.Module, calibration: Iterable[torch.Tensor]) -> fx.Gra
 
 
 def integer_logits(net: fx.GraphModule, feats: torch.Tensor) -> torch.Tensor:
-    """The reference's logits on (N, 1, bins, frames) features, one clip at a time."""
+    """The reference's logits on (N, 1, bins, frames) features."""
     with torch.no_grad():
-        return torch.cat([net(clip) for clip in feats.split(1)])
+        return torch.cat([net(batch) for batch in feats.split(250)])
