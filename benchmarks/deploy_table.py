@@ -7,7 +7,7 @@ peak int8 SRAM (the profiler's traced figure and the .tflite arena), and latency
         dscnn_s=dscnn_s searched=runs/svr/hybrid-6M/searched-halving/seed0/retrain
 
 A SOURCE that is a run directory is exported with `nas-kws export RUN --int8 --tflite --out
-OUT/exports/LABEL` (the run is only read). Any other SOURCE is a model name or genotype .yaml,
+EXPORTS/LABEL` (the run is only read). Any other SOURCE is a model name or genotype .yaml,
 built untrained (accuracy "not trained"; latency, flash and SRAM do not depend on the weights)
 and calibrated on random features. Latency: every file is timed `--rounds` times in interleaved
 order (fp32, int8, tflite, fp32, ...) by `nas_kws.quant.latency` (a fresh process each), so
@@ -21,6 +21,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -103,8 +104,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("nets", nargs="+", metavar="LABEL=SOURCE")
-    p.add_argument("--out", default="benchmarks/results/deploy",
-                   help="writes OUT.csv, OUT.md and the exports under OUT/exports/LABEL")
+    p.add_argument("--out", default="benchmarks/results/deploy", help="writes OUT.csv and OUT.md")
+    p.add_argument("--exports", help="keep the exported files in EXPORTS/LABEL (default: a "
+                                     "temporary folder)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--runs", type=int, default=300)
     args = p.parse_args()
@@ -113,13 +115,15 @@ def main() -> None:
     bad = [net for net, pair in zip(args.nets, pairs) if len(pair) != 2 or not all(pair)]
     if bad:
         raise SystemExit(f"deploy_table: expected LABEL=SOURCE, got {bad[0]!r}")
+    with tempfile.TemporaryDirectory() as tmp:
+        exports = Path(args.exports or tmp)
+        rows, outs = [], []
+        for label, source in pairs:
+            outs.append(ExportDir(exports / label))
+            rows.append(row(label, source, outs[-1]))
+            print(f"{label}: exported to {outs[-1].path}", flush=True)
+        add_latency(rows, outs, args.rounds, args.runs)
     out = Path(args.out)
-    rows, outs = [], []
-    for label, source in pairs:
-        outs.append(ExportDir(out / "exports" / label))
-        rows.append(row(label, source, outs[-1]))
-        print(f"{label}: exported to {outs[-1].path}", flush=True)
-    add_latency(rows, outs, args.rounds, args.runs)
     write_csv(out.with_suffix(".csv"), COLUMNS, rows)
     load = os.getloadavg()
     text = "\n".join([*md_table(COLUMNS, rows), "",

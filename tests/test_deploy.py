@@ -8,7 +8,7 @@ from nas_kws.models import create_model
 from nas_kws.models.genotype import build_from_genotype
 from nas_kws.profiling import profile_model
 from nas_kws.quant.export import export_integer, kernel_summary, onnx_logits, prediction_parity
-from nas_kws.quant.integer import integer_logits, integer_net
+from nas_kws.quant.integer import BandAffine, deployable, integer_logits, integer_net
 
 CLASSES = [str(i) for i in range(4)]
 
@@ -20,6 +20,21 @@ def bcresnet():
     model = create_model("bcresnet1", num_classes=4).eval()
     feats = pattern_features(40, model.feature_config.shape)[0]
     return model, integer_net(model, [feats[:16]]), feats[16:]
+
+
+def test_subspectral_norm_becomes_exact_band_affines():
+    """Sub-band statistics that differ per channel and band survive the rewrite unchanged."""
+    torch.manual_seed(0)
+    model = create_model("bcresnet1", num_classes=4).eval()
+    for norm in model.modules():
+        if isinstance(norm, torch.nn.BatchNorm2d):
+            norm.running_mean.normal_()
+            norm.running_var.uniform_(0.5, 2.0)
+    net = deployable(model)
+    assert sum(isinstance(m, BandAffine) for m in net.modules()) == 12
+    x = pattern_features(4, model.feature_config.shape)[0]
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), model(x), rtol=1e-4, atol=1e-5)
 
 
 def test_integer_onnx_runs_no_float_op(bcresnet, tmp_path):
@@ -56,6 +71,7 @@ def test_full_integer_tflite_agrees_with_the_reference(bcresnet, tmp_path):
     summary = tflite_summary(path)
     assert summary["float_ops"] == {}
     assert summary["input_dtype"] == summary["output_dtype"] == "int8"
+    assert "TRANSPOSE" not in summary["ops"]   # SubSpectralNorm needs no layout change
     reference = integer_logits(net, feats)
     tflite = torch.from_numpy(tflite_logits(path, feats))
     assert prediction_parity(reference, tflite)["agreement_tie_aware"] >= 0.99
