@@ -30,12 +30,13 @@ from nas_kws.quant.fold import ChannelAffine, example_input, fold_batchnorm, run
 
 aten = torch.ops.aten
 WEIGHTED = {aten.conv2d.default, aten.conv1d.default, aten.linear.default}
-RELU = {aten.relu.default, aten.relu_.default}
+RELU = {aten.relu.default, aten.relu_.default, aten.hardtanh.default, aten.hardtanh_.default}
 BINARY = {aten.add.Tensor, aten.add_.Tensor, aten.mul.Tensor, aten.mul_.Tensor}
 SHARED = {aten.reshape.default, aten.view.default, aten.flatten.using_ints, aten.permute.default,
           aten.squeeze.dim, aten.slice.Tensor, aten.unsqueeze.default, aten.constant_pad_nd.default,
           aten.pad.default, aten.clone.default, aten.avg_pool2d.default,
-          aten.max_pool2d.default, aten.hardtanh.default, aten.hardtanh_.default}
+          aten.max_pool2d.default}
+CONV_ARGS = (None, None, None, [1, 1], [0, 0], [1, 1], 1)  # conv2d's defaults after x, weight
 DROPOUT = {aten.dropout.default, aten.feature_dropout.default}
 SILU = {aten.silu.default, aten.silu_.default}
 
@@ -103,6 +104,26 @@ def _mean_dims(node: fx.Node) -> list[int] | None:
     return dims if len(shape) == 4 and keep and dims in ([2], [3], [2, 3]) else None
 
 
+def _symmetric_zero_pad(node: fx.Node) -> bool:
+    """A zero pad, equal on both sides of frequency and of time, read only by an unpadded conv
+    (DS-CNN's 'SAME' padding): it becomes the conv's own padding, so no PAD op is left."""
+    if node.op != "call_function" or node.target not in (aten.constant_pad_nd.default,
+                                                         aten.pad.default):
+        return False
+    pads = list(node.args[1])
+    value = node.args[2] if len(node.args) > 2 else 0
+    if node.target is aten.pad.default:
+        mode = node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")
+        value = node.args[3] if len(node.args) > 3 else node.kwargs.get("value")
+        if mode != "constant":
+            return False
+    users = list(node.users)
+    return (len(pads) == 4 and pads[0] == pads[1] and pads[2] == pads[3] and not value
+            and len(users) == 1 and users[0].target is aten.conv2d.default
+            and users[0].args[0] is node
+            and list((list(users[0].args) + list(CONV_ARGS[len(users[0].args):]))[4]) == [0, 0])
+
+
 def integer_ops(gm: fx.GraphModule) -> fx.GraphModule:
     """Rewrite an exported graph into ops with integer kernels (see the module docstring)."""
     graph = gm.graph
@@ -133,6 +154,12 @@ def integer_ops(gm: fx.GraphModule) -> fx.GraphModule:
             _replace(graph, node, aten.avg_pool2d.default, (node.args[0], kernel, kernel))
         elif node.target in DROPOUT:
             node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
+        elif _symmetric_zero_pad(node):
+            conv = next(iter(node.users))
+            args = list(conv.args) + list(CONV_ARGS[len(conv.args):])
+            args[0], args[4] = node.args[0], [node.args[1][2], node.args[1][0]]
+            conv.args = tuple(args)
             graph.erase_node(node)
     graph.lint()
     gm.recompile()
