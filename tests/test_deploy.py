@@ -8,7 +8,7 @@ from nas_kws.models import create_model
 from nas_kws.models.genotype import build_from_genotype
 from nas_kws.profiling import profile_model
 from nas_kws.quant.export import export_integer, kernel_summary, onnx_logits, prediction_parity
-from nas_kws.quant.integer import BandAffine, deployable, integer_logits, integer_net
+from nas_kws.quant.integer import BandAffine, deployable, integer_logits, integer_net, integer_ops
 
 CLASSES = [str(i) for i in range(4)]
 
@@ -35,6 +35,17 @@ def test_subspectral_norm_becomes_exact_band_affines():
     x = pattern_features(4, model.feature_config.shape)[0]
     with torch.no_grad():
         torch.testing.assert_close(net(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_same_padding_moves_into_the_conv():
+    """DS-CNN's symmetric 'SAME' pads become conv padding; only the stem's uneven pad stays."""
+    model = create_model("dscnn_s").eval()
+    x = pattern_features(2, model.feature_config.shape)[0]
+    graph = integer_ops(torch.export.export(deployable(model), (x[:1],)).module())
+    pads = [n for n in graph.graph.nodes if "pad" in str(n.target)]
+    assert len(pads) == 1
+    with torch.no_grad():
+        torch.testing.assert_close(graph(x[:1]), model(x[:1]), rtol=1e-4, atol=1e-5)
 
 
 def test_integer_onnx_runs_no_float_op(bcresnet, tmp_path):

@@ -39,6 +39,7 @@ SHARED = {aten.reshape.default, aten.view.default, aten.flatten.using_ints, aten
 CONV_ARGS = (None, None, None, [1, 1], [0, 0], [1, 1], 1)  # conv2d's defaults after x, weight
 DROPOUT = {aten.dropout.default, aten.feature_dropout.default}
 SILU = {aten.silu.default, aten.silu_.default}
+MAX_BATCH = 256  # clips per forward pass of the reference (traced with a dynamic batch)
 
 
 def _depthwise_affine(scale: torch.Tensor, shift: torch.Tensor) -> nn.Conv2d:
@@ -104,24 +105,28 @@ def _mean_dims(node: fx.Node) -> list[int] | None:
     return dims if len(shape) == 4 and keep and dims in ([2], [3], [2, 3]) else None
 
 
+def _conv_args(conv: fx.Node) -> list:
+    """A conv2d node's arguments with its defaults filled in."""
+    return list(conv.args) + list(CONV_ARGS[len(conv.args):])
+
+
 def _symmetric_zero_pad(node: fx.Node) -> bool:
     """A zero pad, equal on both sides of frequency and of time, read only by an unpadded conv
     (DS-CNN's 'SAME' padding): it becomes the conv's own padding, so no PAD op is left."""
-    if node.op != "call_function" or node.target not in (aten.constant_pad_nd.default,
-                                                         aten.pad.default):
+    if node.op != "call_function":
         return False
-    pads = list(node.args[1])
-    value = node.args[2] if len(node.args) > 2 else 0
-    if node.target is aten.pad.default:
+    if node.target is aten.constant_pad_nd.default:
+        mode, value = "constant", node.args[2] if len(node.args) > 2 else 0
+    elif node.target is aten.pad.default:
         mode = node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")
         value = node.args[3] if len(node.args) > 3 else node.kwargs.get("value")
-        if mode != "constant":
-            return False
-    users = list(node.users)
-    return (len(pads) == 4 and pads[0] == pads[1] and pads[2] == pads[3] and not value
-            and len(users) == 1 and users[0].target is aten.conv2d.default
-            and users[0].args[0] is node
-            and list((list(users[0].args) + list(CONV_ARGS[len(users[0].args):]))[4]) == [0, 0])
+    else:
+        return False
+    pads, users = list(node.args[1]), list(node.users)
+    return (mode == "constant" and not value and len(pads) == 4 and pads[0] == pads[1]
+            and pads[2] == pads[3] and len(users) == 1
+            and users[0].target is aten.conv2d.default and users[0].args[0] is node
+            and list(_conv_args(users[0])[4]) == [0, 0])
 
 
 def integer_ops(gm: fx.GraphModule) -> fx.GraphModule:
@@ -157,7 +162,7 @@ def integer_ops(gm: fx.GraphModule) -> fx.GraphModule:
             graph.erase_node(node)
         elif _symmetric_zero_pad(node):
             conv = next(iter(node.users))
-            args = list(conv.args) + list(CONV_ARGS[len(conv.args):])
+            args = _conv_args(conv)
             args[0], args[4] = node.args[0], [node.args[1][2], node.args[1][0]]
             conv.args = tuple(args)
             graph.erase_node(node)
@@ -257,13 +262,14 @@ def integer_net(model: nn.Module, calibration: Iterable[torch.Tensor]) -> fx.Gra
 
     float_net = deployable(model.cpu().eval())
     example = example_input(model, batch=2)
-    batch = {0: torch.export.Dim("batch", min=1, max=1024)}
+    batch = {0: torch.export.Dim("batch", min=1, max=MAX_BATCH)}
     traced = integer_ops(torch.export.export(float_net, (example,),
                                              dynamic_shapes=(batch,)).module())
     prepared = prepare_pt2e(traced, _quantizer())
     seen = 0
     for feats in calibration:
-        prepared(feats)
+        for batch in feats.split(MAX_BATCH):
+            prepared(batch)
         seen += len(feats)
     if not seen:
         raise ValueError("integer_net: no calibration clips")
@@ -276,4 +282,4 @@ def integer_net(model: nn.Module, calibration: Iterable[torch.Tensor]) -> fx.Gra
 def integer_logits(net: fx.GraphModule, feats: torch.Tensor) -> torch.Tensor:
     """The reference's logits on (N, 1, bins, frames) features."""
     with torch.no_grad():
-        return torch.cat([net(batch) for batch in feats.split(250)])
+        return torch.cat([net(batch) for batch in feats.split(MAX_BATCH)])
