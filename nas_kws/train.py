@@ -73,6 +73,12 @@ def stops_after(epoch: int, stop_after_epoch: int | None, total: int) -> bool:
     return stop_after_epoch is not None and epoch >= stop_after_epoch and epoch + 1 < total
 
 
+def check_finite(loss: torch.Tensor, where: str) -> None:
+    """A non-finite loss stops the job before the update, naming `where`."""
+    if not torch.isfinite(loss):
+        raise NonFiniteLossError(f"{where}: loss is {loss.item()}; stopped before the update")
+
+
 def train_step(model: nn.Module, feats: torch.Tensor, labels: torch.Tensor,
                optimizer: torch.optim.Optimizer, cfg: TrainConfig, where: str,
                scaler: torch.amp.GradScaler | None = None,
@@ -90,8 +96,7 @@ def train_step(model: nn.Module, feats: torch.Tensor, labels: torch.Tensor,
         loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
     else:
         loss = F.cross_entropy(logits, soft_targets)
-    if not torch.isfinite(loss):
-        raise NonFiniteLossError(f"{where}: loss is {loss.item()}; stopped before the update")
+    check_finite(loss, where)
     optimizer.zero_grad(set_to_none=True)
     if scaler is None:
         loss.backward()

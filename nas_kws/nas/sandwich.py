@@ -22,7 +22,7 @@ from nas_kws.config import TrainConfig
 from nas_kws.nas.cost import MacsTable
 from nas_kws.nas.space import SearchSpace
 from nas_kws.nas.supernet import Supernet
-from nas_kws.train import NonFiniteLossError
+from nas_kws.train import check_finite
 
 
 def teacher_picks(space: SearchSpace, table: MacsTable, op: str) -> list[int]:
@@ -51,8 +51,7 @@ def warmup_path(teacher: list[int], draw: Callable[[], list[int]], epoch: int,
 
 
 def _backward(loss: torch.Tensor, where: str) -> None:
-    if not torch.isfinite(loss):
-        raise NonFiniteLossError(f"{where}: loss is {loss.item()}; stopped before the update")
+    check_finite(loss, where)
     loss.backward()
 
 
