@@ -252,10 +252,11 @@ def per_net(group: list[dict[str, Any]]) -> dict[str, list[float]]:
 def noise_lines(rows: list[dict[str, Any]]) -> list[str]:
     """How much of the random band's spread is the nets and how much their training seed: the
     seed std pooled over every net trained with more than one seed (one-way random effects)."""
-    repeated = [v for kind in ("bcresnet", "random") for setting in
-                dict.fromkeys(r["setting"] for r in rows)
-                for v in per_net([r for r in rows if r["kind"] == kind and
-                                  r["setting"] == setting]).values() if len(v) > 1]
+    runs: dict[tuple[str, str], list[float]] = {}   # (setting, net) -> accuracies over seeds
+    for r in rows:
+        if r["kind"] in ("bcresnet", "random"):
+            runs.setdefault((r["setting"], r["net"]), []).append(100 * float(r["test_acc"]))
+    repeated = [v for v in runs.values() if len(v) > 1]
     if not repeated:
         return []
     dof = sum(len(v) - 1 for v in repeated)
