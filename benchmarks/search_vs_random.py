@@ -3,7 +3,8 @@ band and against the BC-ResNet family, all retrained with one recipe on the same
 
 Per setting (space, budget): the search over 3 seeds (each searched net retrained with its
 search's seed), K random nets from `--strategy random` (one seed each; `--random_seeds 0,1,2`
-trains each with several, to measure seed noise), and BC-ResNet-1/1.5/2/3 over 3 seeds, with
+trains each with several, to measure seed noise), and the baselines over 3 seeds (BC-ResNet-1/
+1.5/2/3, whose means make the BC-ResNet curve, and DS-CNN-S beside it), with
 `experiments/demo.yaml`. Every finished training appends a row to
 `benchmarks/results/search_vs_random.csv` (locked, atomic), so an interrupted run resumes where
 it stopped (unfinished trainings resume from their checkpoints) and the rows can be committed
@@ -17,7 +18,7 @@ spread, and the plot are rewritten after every row.
     python benchmarks/search_vs_random.py --quick --out runs/q # minutes, tiny set (tests)
 
 Searched rows carry a tag (`--tag`, default `default`) and the search overrides that made them
-(`--search_set KEY=VALUE ...`), so ablations of the search share the random and BC-ResNet rows.
+(`--search_set KEY=VALUE ...`), so ablations of the search share the random and baseline rows.
 """
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 RECIPE = ROOT / "experiments" / "demo.yaml"
 COLUMNS = ["setting", "kind", "tag", "net", "seed", "macs", "params", "valid_acc", "test_acc",
            "train_seconds", "search_seconds"]
-BCRESNETS = ("bcresnet1", "bcresnet1.5", "bcresnet2", "bcresnet3")
+BASELINES = ("bcresnet1", "bcresnet1.5", "bcresnet2", "bcresnet3", "dscnn_s")
+CURVE_FAMILY = "bcresnet"   # the baselines whose means make the curve (by name prefix)
 
 
 @dataclass(frozen=True)
@@ -146,13 +148,13 @@ class Protocol:
         return row_key({"setting": setting, "kind": kind, "tag": tag, "net": net,
                         "seed": seed}) not in self.done
 
-    def bcresnets(self) -> None:
+    def baselines(self) -> None:
         for seed in self.args.seed_list:
-            for name in self.args.bcresnet_list:
-                if self.pending("bcresnet", "bcresnet", "-", name, seed):
-                    run = self.out / "bcresnet" / name / f"seed{seed}"
+            for name in self.args.baseline_list:
+                if self.pending("baseline", "baseline", "-", name, seed):
+                    run = self.out / "baseline" / name / f"seed{seed}"
                     metrics = train(["--model", name], run, seed, self.train_extra)
-                    self.record(result_row("bcresnet", "bcresnet", "-", name, seed, metrics))
+                    self.record(result_row("baseline", "baseline", "-", name, seed, metrics))
 
     def random_nets(self, s: Setting) -> None:
         from nas_kws.nas.random_search import net_dir
@@ -207,8 +209,8 @@ class Protocol:
     def run(self) -> None:
         kinds = self.args.kinds.split(",")
         settings = [s for s in SETTINGS if s.name in self.args.settings.split(",")]
-        if "bcresnet" in kinds:
-            self.bcresnets()
+        if "baseline" in kinds:
+            self.baselines()
         for s in settings:
             if "random" in kinds:
                 self.random_nets(s)
@@ -222,14 +224,18 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def bcresnet_curve(rows: list[dict[str, Any]]) -> list[tuple[float, float, str]]:
-    """(MACs, mean test accuracy, name) of each BC-ResNet, sorted by MACs."""
+def baseline_points(rows: list[dict[str, Any]]) -> list[tuple[float, float, str]]:
+    """(MACs, mean test accuracy, name) of each baseline, sorted by MACs."""
     by_name: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        if r["kind"] == "bcresnet":
+        if r["kind"] == "baseline":
             by_name.setdefault(r["net"], []).append(r)
     return sorted((float(v[0]["macs"]), mean_std([float(x["test_acc"]) for x in v])[0], name)
                   for name, v in by_name.items())
+
+
+def bcresnet_curve(rows: list[dict[str, Any]]) -> list[tuple[float, float, str]]:
+    return [p for p in baseline_points(rows) if p[2].startswith(CURVE_FAMILY)]
 
 
 def interpolate(curve: list[tuple[float, float, str]], macs: float) -> float | None:
@@ -254,7 +260,7 @@ def noise_lines(rows: list[dict[str, Any]]) -> list[str]:
     seed std pooled over every net trained with more than one seed (one-way random effects)."""
     runs: dict[tuple[str, str], list[float]] = {}   # (setting, net) -> accuracies over seeds
     for r in rows:
-        if r["kind"] in ("bcresnet", "random"):
+        if r["kind"] in ("baseline", "random"):
             runs.setdefault((r["setting"], r["net"]), []).append(100 * float(r["test_acc"]))
     repeated = [v for v in runs.values() if len(v) > 1]
     if not repeated:
@@ -283,13 +289,15 @@ def summary_lines(rows: list[dict[str, Any]]) -> list[str]:
     lines = ["| setting | nets | n | MACs (mean) | test acc % mean +- std | valid acc % | "
              "vs random mean | percentile among random | BC-ResNet curve at its MACs |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for macs, acc, name in curve:
-        group = [r for r in rows if r["kind"] == "bcresnet" and r["net"] == name]
+    for macs, acc, name in baseline_points(rows):
+        group = [r for r in rows if r["kind"] == "baseline" and r["net"] == name]
         m, s = mean_std([100 * float(r["test_acc"]) for r in group])
         v = statistics.mean(100 * float(r["valid_acc"]) for r in group)
-        lines.append(f"| BC-ResNet | {name} | {len(group)} | {macs:,.0f} | {m:.2f} +- {s:.2f} | "
-                     f"{v:.2f} | | | |")
-    for setting in dict.fromkeys(r["setting"] for r in rows if r["kind"] != "bcresnet"):
+        ref = interpolate(curve, macs) if not name.startswith(CURVE_FAMILY) else None
+        curve_at = f"{100 * ref:.2f} ({m - 100 * ref:+.2f})" if ref is not None else ""
+        lines.append(f"| baseline | {name} | {len(group)} | {macs:,.0f} | {m:.2f} +- {s:.2f} | "
+                     f"{v:.2f} | | | {curve_at} |")
+    for setting in dict.fromkeys(r["setting"] for r in rows if r["kind"] != "baseline"):
         random = [statistics.mean(v) for v in per_net(
             [r for r in rows if r["setting"] == setting and r["kind"] == "random"]).values()]
         groups = {("random", "-"): [r for r in rows if r["setting"] == setting
@@ -327,6 +335,11 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         for macs, acc, name in curve:
             ax.annotate(name, (macs, 100 * acc), fontsize=7, xytext=(3, -9),
                         textcoords="offset points")
+    for macs, acc, name in baseline_points(rows):
+        if not name.startswith(CURVE_FAMILY):
+            ax.plot(macs, 100 * acc, "ks", mfc="none")
+            ax.annotate(name, (macs, 100 * acc), fontsize=7, xytext=(3, 4),
+                        textcoords="offset points")
     random = [r for r in rows if r["kind"] == "random"]
     ax.scatter([float(r["macs"]) for r in random], [100 * float(r["test_acc"]) for r in random],
                s=14, c="tab:gray", alpha=0.7, label="random (a point per seed)")
@@ -340,7 +353,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("MACs per 1 s clip")
     ax.set_ylabel("test accuracy % (best-valid checkpoint)")
-    ax.set_title("search vs random vs BC-ResNet (mean +- std over seeds)")
+    ax.set_title("search vs random vs baselines (mean +- std over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -365,9 +378,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default="runs/search_vs_random", help="run directories")
     p.add_argument("--csv", default=str(RESULTS / "search_vs_random.csv"))
     p.add_argument("--settings", default=",".join(s.name for s in SETTINGS))
-    p.add_argument("--kinds", default="bcresnet,random,searched")
+    p.add_argument("--kinds", default="baseline,random,searched")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--bcresnets", default=",".join(BCRESNETS))
+    p.add_argument("--baselines", default=",".join(BASELINES),
+                   help=f"reference models; the {CURVE_FAMILY}* ones make the curve")
     p.add_argument("--n_random", type=int, default=5)
     p.add_argument("--random_seeds", default="0",
                    help="training seeds of each random net (more than one measures seed noise)")
@@ -386,10 +400,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.quick:
         args.synth_size, args.seeds, args.n_random, args.epochs = "tiny", "0", 2, 1
         args.batch_size = 16
-        args.settings, args.bcresnets, args.search_epochs = "hybrid-6M", "bcresnet1", "1,1"
+        args.settings, args.baselines, args.search_epochs = "hybrid-6M", "bcresnet1", "1,1"
     args.seed_list = [int(s) for s in args.seeds.split(",")]
     args.random_seed_list = [int(s) for s in args.random_seeds.split(",")]
-    args.bcresnet_list = args.bcresnets.split(",")
+    args.baseline_list = args.baselines.split(",")
     return args
 
 
