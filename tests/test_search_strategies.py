@@ -19,12 +19,12 @@ from nas_kws.nas.commands import main as search_main
 from nas_kws.nas.cost import MacsTable
 from nas_kws.nas.derive import budget_picks
 from nas_kws.nas.evolution import evolve
-from nas_kws.nas.sample import BandSampler
+from nas_kws.nas.sample import BandSampler, VariantSampler
 from nas_kws.nas.sandwich import warmup_path
 from nas_kws.nas.search import search
 from nas_kws.nas.search_config import load_search_config
 from nas_kws.nas.shared_weights import SlicedBatchNorm
-from nas_kws.nas.space import load_space
+from nas_kws.nas.space import load_space, load_variants
 from nas_kws.nas.supernet import Supernet
 from nas_kws.profiling import profile_model
 
@@ -39,30 +39,52 @@ def enumerate_band(table: MacsTable, low: float, high: float) -> list[tuple[int,
             if low <= table.of(list(p)) <= high]
 
 
+def assert_uniform(draw, feasible: list[tuple[int, ...]], draws_per_net: int = 200) -> None:
+    """Every draw is a feasible net and the counts pass a chi-square test of uniformity."""
+    rng = np.random.default_rng(0)
+    counts = dict.fromkeys(feasible, 0)
+    for _ in range(draws_per_net * len(feasible)):
+        picks = tuple(draw(rng))
+        assert picks in counts, f"{picks} is outside the band"
+        counts[picks] += 1
+    chi2 = sum((c - draws_per_net) ** 2 / draws_per_net for c in counts.values())
+    dof = len(feasible) - 1
+    assert chi2 < dof + 5 * (2 * dof) ** 0.5, (chi2, dof)   # p << 1e-4 if not uniform
+
+
 def test_band_sampler_is_uniform_over_the_band():
     low, high = 120, 160
     feasible = enumerate_band(TABLE, low, high)
     assert 10 < len(feasible) < 72
     sampler = BandSampler(TABLE, low, high)
-    rng = np.random.default_rng(0)
+    assert_uniform(sampler.draw, feasible)
     draws = 200 * len(feasible)
-    counts = dict.fromkeys(feasible, 0)
-    for _ in range(draws):
-        picks = tuple(sampler.draw(rng))
-        assert picks in counts, f"{picks} has {TABLE.of(list(picks))} MACs, outside the band"
-        counts[picks] += 1
-    expected = draws / len(feasible)
-    chi2 = sum((c - expected) ** 2 / expected for c in counts.values())
     dof = len(feasible) - 1
-    assert chi2 < dof + 5 * (2 * dof) ** 0.5, (chi2, dof)   # p << 1e-4 if not uniform
     # the most probable net in the band under random logits (budget derivation of a random
     # architecture), the biased alternative, fails the same test
     biased = dict.fromkeys(feasible, 0)
     for _ in range(draws // 4):
         probs = [torch.softmax(torch.randn(len(c)), 0) for c in TABLE.choices]
         biased[tuple(budget_picks(probs, TABLE, low, high))] += 1
-    expected /= 4
+    expected = draws / len(feasible) / 4
     assert sum((c - expected) ** 2 / expected for c in biased.values()) > dof + 5 * (2 * dof) ** .5
+
+
+def test_variant_sampler_is_uniform_over_the_union_of_variants():
+    low, high = 120, 160
+    doubled = MacsTable(fixed=110, choices=[[2 * m for m in c] for c in TABLE.choices])
+    feasible = [(0, *p) for p in enumerate_band(TABLE, low, high)] + \
+        [(1, *p) for p in enumerate_band(doubled, low, high)]
+    assert 3 < sum(v == 1 for v, *_ in feasible) < len(feasible) / 2   # unequal variants
+    sampler = VariantSampler([BandSampler(TABLE, low, high), BandSampler(doubled, low, high)])
+    assert_uniform(sampler.draw, feasible)
+    assert sampler.macs([1, 0, 0, 0, 0]) == 110 + 2 * 8
+    # a variant that cannot reach the band is left out; one variant draws the BandSampler's nets
+    assert VariantSampler([None, BandSampler(TABLE, low, high)]).draw(
+        np.random.default_rng(0))[0] == 1
+    single = VariantSampler([BandSampler(TABLE, low, high)])
+    assert [n[1:] for n in single.draw_distinct(5, np.random.default_rng(1))] == \
+        BandSampler(TABLE, low, high).draw_distinct(5, np.random.default_rng(1))
 
 
 def test_band_sampler_errors_and_distinct_draws():
@@ -113,6 +135,31 @@ def test_random_strategy_writes_runs_like_a_search(tone_root, tmp_path, capsys):
         for name in ("config.yaml", "features.yaml", "classes.txt"):
             assert (Path(run) / name).is_file()
     assert search_main(argv) == 2          # the path holds a run now
+
+
+def test_random_strategy_draws_from_every_variant_of_a_space(tone_root, tmp_path):
+    variants = [{"name": "t1", "stem": {"stride": [1, 1]}}, {"name": "t2", "width_mult": 2.0}]
+    path = tmp_path / "tiny_variants.yaml"
+    path.write_text(yaml.safe_dump({**TINY_SPACE, "variants": variants}))
+    union = load_variants(path)
+    assert [s.name for s in union.spaces] == ["tiny-t1", "tiny-t2"]
+    assert union.spaces[1].positions[0].in_shape[2] < union.spaces[0].positions[0].in_shape[2]
+    with pytest.raises(ValueError, match="only --strategy random and halving"):
+        load_space(path)                                  # no supernet over a union
+    out = tmp_path / "random"
+    assert search_main(["--strategy", "random", "--n", "6", "--search_space", str(path),
+                        "--flops_ref_value", "4.2e5", "--dataset", "folders", "--data_root",
+                        str(tone_root), "--path", str(out), "--quiet"]) == 0
+    nets = [json.loads((Path(r) / "metrics.json").read_text())
+            for r in json.loads((out / "metrics.json").read_text())["runs"]]
+    assert {n["variant"] for n in nets} == {"tiny-t1", "tiny-t2"}
+    for n in nets:
+        assert 3.78e5 <= n["derived_macs"] <= 4.62e5
+        assert yaml.safe_load(Path(n["genotype"]).read_text())["name"] == n["variant"]
+    path.write_text(yaml.safe_dump({**TINY_SPACE, "variants": [*variants, {"name": "x",
+                                                                           "depth": 2}]}))
+    with pytest.raises(ValueError, match=r"variants\[2\].*depth"):
+        load_variants(path)
 
 
 def _config(tmp_path, tone_root, **search):

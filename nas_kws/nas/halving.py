@@ -105,7 +105,6 @@ def _successive_halving(cfg: SearchConfig, run_dir: str | Path, store, progress:
     if store is None:   # also decodes the set once, before any worker opens it
         store = open_dataset(cfg.data, progress=progress)
     space, classes, sampler = open_band(cfg, store)
-    table = sampler.table
     run = RunDir(run_dir)
     if not run.config_path.is_file():
         run.write_setup(to_dict(cfg), space.features, classes)
@@ -131,7 +130,7 @@ def _successive_halving(cfg: SearchConfig, run_dir: str | Path, store, progress:
                 cfg, paths[i], RunDir(runs[i]), epochs, store, len(classes))
             scores[i] = metrics["best_valid_acc"]
             rows.append({"rung": rung, "epochs": epochs, "net": f"net{i:02d}",
-                         "macs": table.of(nets[i]), "valid_acc": scores[i],
+                         "macs": sampler.macs(nets[i]), "valid_acc": scores[i],
                          "seconds": round(metrics.get("train_seconds", 0.0), 1)})
             write_csv(run.path / "halving.csv", list(rows[0]), rows)
             if progress:
@@ -144,7 +143,8 @@ def _successive_halving(cfg: SearchConfig, run_dir: str | Path, store, progress:
     prof = profile_model(create_model(run.genotype_path))
     ref = s.flops_ref_value
     metrics = {
-        "strategy": "halving", "search_space": space.name, "genotype": str(run.genotype_path),
+        "strategy": "halving", "search_space": space.name, "variant": genotype["name"],
+        "genotype": str(run.genotype_path),
         "blocks": [describe_block(b) for b in genotype["blocks"]],
         "derived_macs": prof.macs, "derived_params": prof.params, "flops_ref_value": ref,
         "macs_vs_ref": prof.macs / ref,
@@ -152,6 +152,6 @@ def _successive_halving(cfg: SearchConfig, run_dir: str | Path, store, progress:
         "supernet_valid_acc": None, "best_valid_acc": scores[best], "picked": f"net{best:02d}",
         "search_seconds": sum(r["seconds"] for r in rows),
         "trained_epochs": sum(e * n for e, n in zip(s.halving_epochs, sizes)),
-        "space_macs_range": [table.smallest(), table.largest()], "rungs": rows}
+        "space_macs_range": sampler.macs_range(), "rungs": rows}
     run.write_metrics(metrics)
     return metrics

@@ -16,9 +16,9 @@ from nas_kws.config import to_dict
 from nas_kws.data.loader import open_dataset
 from nas_kws.models.genotype import build_from_genotype, describe_block, save_genotype
 from nas_kws.nas.cost import macs_table
-from nas_kws.nas.sample import BandSampler
-from nas_kws.nas.search_config import SearchConfig, budget_band, open_space
-from nas_kws.nas.space import SearchSpace
+from nas_kws.nas.sample import BandSampler, VariantSampler
+from nas_kws.nas.search_config import SearchConfig, budget_band, open_variants
+from nas_kws.nas.space import SpaceUnion
 from nas_kws.nas.supernet import Supernet
 from nas_kws.profiling import profile_model
 from nas_kws.runs import RunDir
@@ -29,15 +29,23 @@ def net_dir(path: str | Path, index: int) -> Path:
 
 
 def open_band(cfg: SearchConfig, store=None,
-              progress: bool = True) -> tuple[SearchSpace, list[str], BandSampler]:
-    """The space, the data's classes and a uniform sampler over the budget band's nets: what
-    every strategy that draws nets from the band starts from."""
-    space = open_space(cfg)
+              progress: bool = True) -> tuple[SpaceUnion, list[str], VariantSampler]:
+    """The space (its variants), the data's classes and a uniform sampler over the budget
+    band's nets: what every strategy that draws nets from the band starts from."""
+    union = open_variants(cfg)
     store = store if store is not None else open_dataset(cfg.data, progress=progress)
     classes = list(store.classes)
-    table = macs_table(Supernet(space, len(classes))).bounded(cfg.search.max_flash_kb,
-                                                             cfg.search.max_sram_kb)
-    return space, classes, BandSampler(table, *budget_band(cfg.search))
+    samplers: list[BandSampler | None] = []
+    for space in union.spaces:
+        table = macs_table(Supernet(space, len(classes))).bounded(cfg.search.max_flash_kb,
+                                                                 cfg.search.max_sram_kb)
+        try:
+            samplers.append(BandSampler(table, *budget_band(cfg.search)))
+        except ValueError:
+            if len(union.spaces) == 1:
+                raise
+            samplers.append(None)      # this variant cannot reach the band; others may
+    return union, classes, VariantSampler(samplers)
 
 
 def random_search(cfg: SearchConfig, run_dir: str | Path, store=None,
@@ -49,14 +57,16 @@ def random_search(cfg: SearchConfig, run_dir: str | Path, store=None,
     nets = []
     run = RunDir(run_dir)
     run.write_setup(to_dict(cfg), space.features, classes)
-    for index, picks in enumerate(sampler.draw_distinct(cfg.search.n_random, rng)):
-        genotype = space.genotype(picks, len(classes), classes)
+    for index, net_picks in enumerate(sampler.draw_distinct(cfg.search.n_random, rng)):
+        genotype = space.genotype(net_picks, len(classes), classes)
+        variant, picks = net_picks[0], net_picks[1:]
         net = RunDir(net_dir(run_dir, index))
         net.write_setup(to_dict(cfg), space.features, classes)
         path = save_genotype(net.genotype_path, genotype)
         prof = profile_model(build_from_genotype(genotype))
         metrics = {"strategy": "random", "search_space": space.name, "index": index,
-                   "picks": picks, "genotype": str(path),
+                   "variant": space.spaces[variant].name, "picks": picks,
+                   "genotype": str(path),
                    "blocks": [describe_block(b) for b in genotype["blocks"]],
                    "derived_macs": prof.macs, "derived_params": prof.params,
                    "flops_ref_value": cfg.search.flops_ref_value,

@@ -12,6 +12,7 @@ are rejected, which leaves the draw exactly uniform over the band.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 
@@ -87,12 +88,58 @@ class BandSampler:
 
     def draw_distinct(self, n: int, rng: np.random.Generator) -> list[list[int]]:
         """`n` different nets (uniform without replacement)."""
-        seen: list[list[int]] = []
-        for _ in range(100 * n):
-            picks = self.draw(rng)
-            if picks not in seen:
-                seen.append(picks)
-            if len(seen) == n:
-                return seen
-        raise ValueError(f"asked for {n} different nets with {self.low:,.0f}..{self.high:,.0f} "
-                         f"MACs; found only {len(seen)}")
+        return draw_distinct(self.draw, n, rng, f"{self.low:,.0f}..{self.high:,.0f} MACs")
+
+
+class VariantSampler:
+    """Uniform over the band's nets of several variants (`SpaceUnion`), one BandSampler each
+    (None where a variant cannot reach the band). A net is [variant, *picks]: the variant is
+    drawn in proportion to its bucketed window's nets, then a net of it, and both are drawn
+    again when the net's exact MACs fall outside the band, so every net of the union's band is
+    equally likely. With one variant no draw is spent on it: the nets are the BandSampler's."""
+
+    def __init__(self, samplers: list[BandSampler | None]):
+        reachable = [s for s in samplers if s is not None]
+        if not reachable:
+            raise ValueError("no variant of the space reaches the MAC band")
+        self.samplers = samplers
+        self.low, self.high = reachable[0].low, reachable[0].high
+        counts = np.array([s.candidates() if s is not None else 0.0 for s in samplers])
+        self.weights = counts / counts.sum()
+
+    def candidates(self) -> float:
+        return float(sum(s.candidates() for s in self.samplers if s is not None))
+
+    def macs(self, net: list[int]) -> int:
+        return self.samplers[net[0]].table.of(net[1:])
+
+    def macs_range(self) -> list[int]:
+        tables = [s.table for s in self.samplers if s is not None]
+        return [min(t.smallest() for t in tables), max(t.largest() for t in tables)]
+
+    def draw(self, rng: np.random.Generator, max_tries: int = 10_000) -> list[int]:
+        for _ in range(max_tries):
+            variant = 0 if len(self.samplers) == 1 else int(
+                rng.choice(len(self.samplers), p=self.weights))
+            sampler = self.samplers[variant]
+            picks = sampler._draw_bucketed(rng)
+            if sampler.accepts(picks):
+                return [variant, *picks]
+        raise ValueError(f"no net with {self.low:,.0f}..{self.high:,.0f} MACs found in "
+                         f"{max_tries} draws")
+
+    def draw_distinct(self, n: int, rng: np.random.Generator) -> list[list[int]]:
+        return draw_distinct(self.draw, n, rng, f"{self.low:,.0f}..{self.high:,.0f} MACs")
+
+
+def draw_distinct(draw: Callable[[np.random.Generator], list[int]], n: int,
+                  rng: np.random.Generator, band: str) -> list[list[int]]:
+    """`n` different nets of `draw` (uniform without replacement)."""
+    seen: list[list[int]] = []
+    for _ in range(100 * n):
+        picks = draw(rng)
+        if picks not in seen:
+            seen.append(picks)
+        if len(seen) == n:
+            return seen
+    raise ValueError(f"asked for {n} different nets with {band}; found only {len(seen)}")

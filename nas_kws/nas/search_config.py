@@ -21,7 +21,7 @@ from nas_kws.config import (
 from nas_kws.models.genotype import BLOCK_OPS
 from nas_kws.nas.arch_loss import REG_LOSS_TYPES
 from nas_kws.nas.mixed_op import BINARY_MODES
-from nas_kws.nas.space import SearchSpace, load_space
+from nas_kws.nas.space import SearchSpace, SpaceUnion, load_variants
 
 TARGETS = ("flops", "none")
 STRATEGIES = ("proxyless", "evolution", "halving", "random")
@@ -182,12 +182,16 @@ def _check(cfg: SearchConfig) -> None:
         raise ValueError("search.grad_reg_loss_type budget needs target_hardware flops")
 
 
+def open_variants(cfg: SearchConfig) -> SpaceUnion:
+    union = load_variants(cfg.search.search_space, cfg.search.width_mult, cfg.features)
+    if union.features.kind != "mfcc" and "n_mfcc" in cfg.features:
+        raise ValueError(f"n_mfcc {cfg.features['n_mfcc']}: search space {union.name} uses "
+                         f"{union.features.kind} features; n_mfcc applies to MFCC spaces only")
+    return union
+
+
 def open_space(cfg: SearchConfig) -> SearchSpace:
-    space = load_space(cfg.search.search_space, cfg.search.width_mult, cfg.features)
-    if space.features.kind != "mfcc" and "n_mfcc" in cfg.features:
-        raise ValueError(f"n_mfcc {cfg.features['n_mfcc']}: search space {space.name} uses "
-                         f"{space.features.kind} features; n_mfcc applies to MFCC spaces only")
-    return space
+    return open_variants(cfg).only()
 
 
 def budget_band(s: ArchSearchConfig) -> tuple[float, float]:

@@ -14,6 +14,16 @@
 `grid` expands to the product of its lists (here 9 MBConv choices). Every choice is checked
 with the genotype rules, and all choices of a position must give the same output shape, so any
 pick of one choice per position is a buildable genotype. Errors name the position and value.
+
+`variants:` makes the space a union of macro variants that differ in what no position can
+change, the stem (e.g. a time stride, which changes every later shape) and the width:
+
+    variants:
+      - {name: t1}                                            # the stem and width as given
+      - {name: t2, stem: {stride: [2, 2]}, width_mult: 1.4}   # half the frames, 1.4x wider
+
+Each variant is a whole space of its own (`load_variants`); the strategies that draw nets from a
+MAC band (random, halving) search their union, the supernet strategies one space at a time.
 """
 from __future__ import annotations
 
@@ -22,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nas_kws.config import check_keys
 from nas_kws.features import FeatureConfig
 from nas_kws.fileio import read_yaml
 from nas_kws.models.genotype import (
@@ -36,7 +47,9 @@ from nas_kws.models.genotype import (
 from nas_kws.models.layers import make_divisible
 
 SPACES_DIR = Path(__file__).resolve().parent.parent.parent / "search_spaces"
-SPACE_KEYS = ("name", "description", "features", "channel_divisor", "stem", "blocks", "head")
+SPACE_KEYS = ("name", "description", "features", "channel_divisor", "stem", "blocks", "head",
+              "variants")
+VARIANT_KEYS = ("name", "stem", "width_mult")
 ENTRY_KEYS = ("choices", "repeat")
 
 
@@ -113,12 +126,65 @@ def space_path(name_or_path: str | Path) -> Path:
     return bundled
 
 
+@dataclass
+class SpaceUnion:
+    """The variants of a space as one set of nets; a net is [variant index, *picks]."""
+    name: str
+    spaces: list[SearchSpace]
+
+    @property
+    def features(self) -> FeatureConfig:
+        return self.spaces[0].features
+
+    def only(self) -> SearchSpace:
+        """The one space, for the strategies that train a supernet over it."""
+        if len(self.spaces) > 1:
+            raise ValueError(f"search space {self.name}: its variants make a union of "
+                             f"{len(self.spaces)} spaces, which only --strategy random and "
+                             f"halving search; give the supernet one variant's space")
+        return self.spaces[0]
+
+    def genotype(self, net: list[int], num_classes: int = 12,
+                 classes: list[str] | None = None) -> dict[str, Any]:
+        return self.spaces[net[0]].genotype(net[1:], num_classes, classes)
+
+
 def load_space(name_or_path: str | Path, width_mult: float = 1.0,
                features: dict[str, Any] | None = None) -> SearchSpace:
     """Read and validate a space; `features` overrides FeatureConfig keys (e.g. n_mfcc)."""
+    return load_variants(name_or_path, width_mult, features).only()
+
+
+def load_variants(name_or_path: str | Path, width_mult: float = 1.0,
+                  features: dict[str, Any] | None = None) -> SpaceUnion:
+    """The spaces a YAML holds: one per entry of `variants:`, else just the one."""
     path = space_path(name_or_path)
     data = read_yaml(path, "search space file")
-    return parse_space(data, str(path), width_mult, features or {})
+    if not isinstance(data, dict) or "variants" not in data:
+        space = parse_space(data, str(path), width_mult, features or {})
+        return SpaceUnion(space.name, [space])
+    variants = data["variants"]
+    if not isinstance(variants, list) or len(variants) < 2:
+        raise ValueError(f"{path}: variants: expected a list of at least 2 mappings, got "
+                         f"{variants!r}")
+    spaces = []
+    for i, variant in enumerate(variants):
+        where = f"{path}: variants[{i}]"
+        if not isinstance(variant, dict) or not isinstance(variant.get("name"), str) or \
+                not isinstance(variant.get("stem", {}), dict) or \
+                not isinstance(data.get("stem"), dict):
+            raise ValueError(f"{where}: expected a mapping with a name and optionally a stem "
+                             f"mapping (over the space's stem mapping) and a width_mult, got "
+                             f"{variant!r}")
+        check_keys(variant, VARIANT_KEYS, where)
+        base = {k: v for k, v in data.items() if k != "variants"}
+        merged = {**base, "name": f"{data.get('name', path.stem)}-{variant['name']}",
+                  "stem": {**data["stem"], **variant.get("stem", {})}}
+        mult = variant.get("width_mult", 1.0)
+        if not isinstance(mult, (int, float)) or isinstance(mult, bool):
+            raise ValueError(f"{where}.width_mult: expected a number > 0, got {mult!r}")
+        spaces.append(parse_space(merged, where, width_mult * mult, features or {}))
+    return SpaceUnion(str(data.get("name", path.stem)), spaces)
 
 
 def parse_space(data: Any, where: str, width_mult: float = 1.0,
