@@ -61,6 +61,7 @@ class Setting:
 SETTINGS = (Setting("hybrid-3M", "hybrid", 3e6, width_mult=0.5),
             Setting("hybrid-6M", "hybrid", 6e6),
             Setting("hybrid-12M", "hybrid", 12e6),
+            Setting("hybrid_ts-6M", "hybrid_ts", 6e6),
             Setting("proxyless-20M", "proxyless_kws", 20e6, n_mfcc=10))
 
 

@@ -85,6 +85,12 @@ def test_variant_sampler_is_uniform_over_the_union_of_variants():
     single = VariantSampler([BandSampler(TABLE, low, high)])
     assert [n[1:] for n in single.draw_distinct(5, np.random.default_rng(1))] == \
         BandSampler(TABLE, low, high).draw_distinct(5, np.random.default_rng(1))
+    assert single.draw_per_variant(5, np.random.default_rng(1)) == \
+        single.draw_distinct(5, np.random.default_rng(1))
+    # a search's candidates split evenly over the variants, each share distinct and in the band
+    nets = sampler.draw_per_variant(7, np.random.default_rng(2))
+    assert [n[0] for n in nets] == [0, 0, 0, 0, 1, 1, 1]
+    assert len({tuple(n) for n in nets}) == 7 and all(low <= sampler.macs(n) <= high for n in nets)
 
 
 def test_band_sampler_errors_and_distinct_draws():
@@ -146,6 +152,11 @@ def test_random_strategy_draws_from_every_variant_of_a_space(tone_root, tmp_path
     assert union.spaces[1].positions[0].in_shape[2] < union.spaces[0].positions[0].in_shape[2]
     with pytest.raises(ValueError, match="only --strategy random and halving"):
         load_space(path)                                  # no supernet over a union
+    bundled = load_variants("hybrid_ts")                  # `base: hybrid` + 3 variants
+    assert [s.positions[0].in_shape for s in bundled.spaces] == [(32, 20, 101), (32, 20, 51),
+                                                                  (45, 20, 51)]
+    assert [p.choices for p in bundled.spaces[0].positions] == \
+        [p.choices for p in load_space("hybrid").positions]
     out = tmp_path / "random"
     assert search_main(["--strategy", "random", "--n", "6", "--search_space", str(path),
                         "--flops_ref_value", "4.2e5", "--dataset", "folders", "--data_root",

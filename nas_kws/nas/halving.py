@@ -108,7 +108,8 @@ def _successive_halving(cfg: SearchConfig, run_dir: str | Path, store, progress:
     run = RunDir(run_dir)
     if not run.config_path.is_file():
         run.write_setup(to_dict(cfg), space.features, classes)
-    nets = sampler.draw_distinct(s.halving_nets, np.random.default_rng([cfg.train.seed, 0x5A1F]))
+    draw = sampler.draw_per_variant if s.halving_per_variant else sampler.draw_distinct
+    nets = draw(s.halving_nets, np.random.default_rng([cfg.train.seed, 0x5A1F]))
     paths = []
     for i, picks in enumerate(nets):
         path = run.path / "candidates" / f"net{i:02d}.yaml"

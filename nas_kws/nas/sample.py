@@ -131,6 +131,18 @@ class VariantSampler:
     def draw_distinct(self, n: int, rng: np.random.Generator) -> list[list[int]]:
         return draw_distinct(self.draw, n, rng, f"{self.low:,.0f}..{self.high:,.0f} MACs")
 
+    def draw_per_variant(self, n: int, rng: np.random.Generator) -> list[list[int]]:
+        """`n` different nets split as evenly as `n` allows over the variants that reach the
+        band, uniform inside each: a search's candidates cover every variant, where a uniform
+        draw mostly takes the variant with the most nets in the band. One variant: the nets
+        of `draw_distinct`."""
+        reachable = [v for v, s in enumerate(self.samplers) if s is not None]
+        nets = []
+        for k, v in enumerate(reachable):
+            share = n // len(reachable) + (k < n % len(reachable))
+            nets += [[v, *picks] for picks in self.samplers[v].draw_distinct(share, rng)]
+        return nets
+
 
 def draw_distinct(draw: Callable[[np.random.Generator], list[int]], n: int,
                   rng: np.random.Generator, band: str) -> list[list[int]]:

@@ -63,6 +63,7 @@ class ArchSearchConfig:
     halving_epochs: list = field(default_factory=lambda: [3, 8, 16])   # epochs per rung
     halving_eta: int = 3                  # each rung keeps the best 1/eta
     halving_workers: int = 1              # nets of a rung trained at once (processes)
+    halving_per_variant: bool = False     # rung 0 split evenly over the space's variants
     arch_lr: float = 0.02
     arch_adam_beta1: float = 0.0
     arch_adam_beta2: float = 0.999

@@ -16,8 +16,10 @@ with the genotype rules, and all choices of a position must give the same output
 pick of one choice per position is a buildable genotype. Errors name the position and value.
 
 `variants:` makes the space a union of macro variants that differ in what no position can
-change, the stem (e.g. a time stride, which changes every later shape) and the width:
+change, the stem (e.g. a time stride, which changes every later shape) and the width; `base:`
+takes every other key from another space:
 
+    base: hybrid
     variants:
       - {name: t1}                                            # the stem and width as given
       - {name: t2, stem: {stride: [2, 2]}, width_mult: 1.4}   # half the frames, 1.4x wider
@@ -160,6 +162,12 @@ def load_variants(name_or_path: str | Path, width_mult: float = 1.0,
     """The spaces a YAML holds: one per entry of `variants:`, else just the one."""
     path = space_path(name_or_path)
     data = read_yaml(path, "search space file")
+    if isinstance(data, dict) and "base" in data:    # another space's net, under these keys
+        base = read_yaml(space_path(data["base"]), f"{path}: base space")
+        if not isinstance(base, dict) or "base" in base or "variants" in base:
+            raise ValueError(f"{path}: base {data['base']!r}: expected a space without its own "
+                             f"base or variants")
+        data = {**base, **{k: v for k, v in data.items() if k != "base"}}
     if not isinstance(data, dict) or "variants" not in data:
         space = parse_space(data, str(path), width_mult, features or {})
         return SpaceUnion(space.name, [space])
