@@ -49,7 +49,11 @@ LATENCY_START = MAIN_COLUMNS.index("onnx_fp32_ms")   # quantized accuracies go j
 
 
 def columns(rows: list[Row]) -> list[str]:
+    """The CSV's: the main ones with every quantized accuracy (and its `_std` over seeds where
+    one exists) before the latencies."""
     quant = sorted(set().union(*(r.quant for r in rows)), key=lambda k: (k[0] != "P", k))
+    spread = set().union(*(r.quant_std for r in rows))
+    quant = [c for k in quant for c in (k, f"{k}_std") if c == k or k in spread]
     return [*MAIN_COLUMNS[:LATENCY_START], *quant, *MAIN_COLUMNS[LATENCY_START:]]
 
 
@@ -64,7 +68,8 @@ def table(rows: list[Row]) -> list[dict[str, Any]]:
             "tflite_sram_KiB": r.kib("tflite_sram"), "fp32_acc": r.acc,
             "fp32_acc_std": r.acc_std, "onnx_fp32_ms": r.latency_ms.get("fp32"),
             "onnx_int8_ms": r.latency_ms.get("int8"),
-            "tflite_int8_ms": r.latency_ms.get("tflite"), "note": r.note, **r.quant}
+            "tflite_int8_ms": r.latency_ms.get("tflite"), "note": r.note, **r.quant,
+            **{f"{k}_std": std for k, std in r.quant_std.items()}}
         if r.weight_bits != 32:
             values["note"] = (values["note"] + f" quantized run: accuracy at {r.weight_bits}-bit "
                               "weights").strip()
@@ -93,14 +98,21 @@ def md_table(keys: list[str], body: list[dict[str, Any]]) -> list[str]:
     return lines + ["| " + " | ".join(_fmt(k, v.get(k)) for k in keys) + " |" for v in body]
 
 
+def _with_spread(value: dict[str, Any], keys: list[str]) -> dict[str, Any]:
+    """A table row whose `keys` accuracies read `mean +- std` where a std exists."""
+    return {**value, **{k: f"{_fmt(k, value[k])} +- {_fmt(k, value[f'{k}_std'])}" for k in keys
+                        if value.get(f"{k}_std") is not None}}
+
+
 def markdown(rows: list[Row], runs: list[str]) -> str:
-    body = table(rows)
     twins = sorted({k for r in rows for k in r.quant if not k.startswith("PTQ")})
+    body = [_with_spread(value, twins) for value in table(rows)]
     main = [*MAIN_COLUMNS[:LATENCY_START], *twins, *MAIN_COLUMNS[LATENCY_START:]]
     lines = ["# nas-kws comparison", "",
              "Test accuracy in % (best-validation checkpoint); `fp32_acc_std` is the std over "
              "runs/seeds. QAT / calibrate w*W*a*A*: Brevitas twin with *W*-bit weights and *A*-bit "
-             "activations, fine-tuned or calibrated only. Sizes are weights only (params x bits). "
+             "activations, fine-tuned or calibrated only (mean +- std over runs/seeds). Sizes are "
+             "weights only (params x bits). "
              "flash / sram: a full-integer deployment's int8 weights + int32 biases + scales and "
              "its peak of int8 tensors alive at once (`nas-kws profile`); tflite_sram: the same "
              "walk on the exported .tflite graph. Latency: onnxruntime (and LiteRT) median per "

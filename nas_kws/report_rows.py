@@ -31,6 +31,7 @@ class Row:
     acc_std: float | None = None
     seeds: int = 0
     quant: dict[str, float] = field(default_factory=dict)      # column -> test accuracy
+    quant_std: dict[str, float] = field(default_factory=dict)  # column -> std over runs/seeds
     quant_bits: dict[str, int] = field(default_factory=dict)   # column -> weight bits (32: float)
     latency_ms: dict[str, float] = field(default_factory=dict)  # fp32/int8/tflite -> median ms
     memory_bytes: dict[str, int] = field(default_factory=dict)  # flash/sram/tflite_sram
@@ -157,19 +158,21 @@ def read_run(path: str | os.PathLike) -> tuple[str, Row]:
 
 
 def merge(rows: list[Row]) -> Row:
-    """Runs of the same net: mean (and std across runs) of every accuracy and latency."""
+    """Runs of the same net: mean of every accuracy and latency, and the std across runs of
+    each accuracy that two or more runs hold."""
     if len(rows) == 1:
         return rows[0]
     first = rows[0]
     accs = [r.acc for r in rows]
     quant_keys = sorted(set().union(*(r.quant for r in rows)))
+    quant = {k: [r.quant[k] for r in rows if k in r.quant] for k in quant_keys}
     latency_keys = sorted(set().union(*(r.latency_ms for r in rows)))
     return Row(label=first.label, family=first.family, runs=[p for r in rows for p in r.runs],
                weight_bits=first.weight_bits, derived=first.derived, params=first.params,
                macs=first.macs, acc=statistics.mean(accs), acc_std=statistics.stdev(accs),
                seeds=sum(r.seeds for r in rows),
-               quant={k: statistics.mean([r.quant[k] for r in rows if k in r.quant])
-                      for k in quant_keys},
+               quant={k: statistics.mean(v) for k, v in quant.items()},
+               quant_std={k: statistics.stdev(v) for k, v in quant.items() if len(v) > 1},
                quant_bits={k: next(r.quant_bits[k] for r in rows if k in r.quant_bits)
                            for k in quant_keys},
                latency_ms={k: statistics.mean([r.latency_ms[k] for r in rows if k in r.latency_ms])
