@@ -53,6 +53,7 @@ from nas_kws.rebuild import load_model
 from nas_kws.runs import ExportDir, RunDir, latency_path
 
 ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
+WORK_DIR = Path("runs/zoo")   # where `zoo build` works by default: the folder packed commands name
 INDEX_NAME = "index.yaml"
 SLIM_KEYS = ("model", "model_spec", "features", "classes", "epoch", "best_valid_acc")
 ACC_KEY = "test_best_acc"      # what `verify` recomputes
@@ -101,6 +102,10 @@ class ZooIndex:
 
     def run(self, model: str, seed: int) -> RunDir:
         return RunDir(self.root / model / f"seed{seed}")
+
+    def work(self, model: str, seed: int, root: str | os.PathLike = WORK_DIR) -> Path:
+        """Where `zoo build --work ROOT` trains a run; the packed commands name the default."""
+        return Path(root) / model / f"seed{seed}"
 
     def qat_twin(self, model: str, seed: int, bits: int) -> RunDir:
         return self.run(model, seed).quant_run("qat", qat_tag(bits))
@@ -269,7 +274,7 @@ def pack(index: ZooIndex, model: str, seed: int, work: RunDir, store, current: s
     acc = check_accuracy(work, store)
     metrics = work.read_metrics()
     metrics["reference"] = {
-        "command": shlex.join(["nas-kws", *index.train_argv(model, seed, work.path)]),
+        "command": shlex.join(["nas-kws", *index.train_argv(model, seed, index.work(model, seed))]),
         "data_fingerprint": current}
     state = work.load_checkpoint("best")
     dest = index.run(model, seed)
@@ -308,8 +313,9 @@ def pack_qat(index: ZooIndex, model: str, seed: int, bits: int, twin: RunDir, wo
     if recipe != (bits, QAT_ACT_BITS, index.qat_epochs):
         raise ZooError(f"{twin.path}: weight / activation bits and epochs {recipe}, but the zoo's "
                        f"QAT recipe is {(bits, QAT_ACT_BITS, index.qat_epochs)}")
+    out = RunDir(index.work(model, seed)).quant_run("qat", qat_tag(bits)).path
     metrics["reference"] = {
-        "command": shlex.join(["nas-kws", *index.qat_argv(model, seed, bits, twin.path)]),
+        "command": shlex.join(["nas-kws", *index.qat_argv(model, seed, bits, out)]),
         "data_fingerprint": current, "base_weights": base}
     dest = index.qat_twin(model, seed, bits)
     dest.path.mkdir(parents=True, exist_ok=True)

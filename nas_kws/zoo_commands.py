@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from pathlib import Path
 
 from nas_kws.cliflags import add_quiet_flag
 from nas_kws.demo_commands import run_step
 from nas_kws.runs import RunDir, latency_path
-
-WORK_DIR = "runs/zoo"   # where `zoo build` trains, and the run dir the shipped commands name
+from nas_kws.zoo import WORK_DIR
 
 
 def _index_and_names(args: argparse.Namespace):
@@ -68,7 +66,7 @@ def cmd_list(args: argparse.Namespace) -> int:
               f"{','.join(map(str, d['current'])) or '-':>7s} {_acc_text(d['accs']):>14s} "
               f"{qat}{latency:>8s}  {status}")
         if d["current"] != index.seeds:
-            argv = index.train_argv(name, 0, f"{WORK_DIR}/{name}/seedSEED")
+            argv = index.train_argv(name, 0, WORK_DIR / name / "seedSEED")
             argv[argv.index("--seed") + 1] = "SEED"
             print(f"    build: nas-kws zoo build {name}   (runs: nas-kws {' '.join(argv)})")
     return 0
@@ -81,7 +79,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     store, current = _current_set(index, args.quiet)
     for name in names:
         for seed in index.seeds:
-            work = RunDir(Path(args.work) / name / f"seed{seed}")
+            work = RunDir(index.work(name, seed, args.work))
             if trained_on(index.run(name, seed)) == current:
                 print(f"{name}/seed{seed}: built (trained on {current})")
             elif not _build_float(args, index, name, seed, work, store, current):
@@ -202,7 +200,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     q = zoo.add_parser("build", help="train (resumable), QAT, export and time reference runs "
                                      "with their recorded commands and seeds, and pack them")
     q.add_argument("names", nargs="+", metavar="NAME")
-    q.add_argument("--work", default=WORK_DIR,
+    q.add_argument("--work", default=str(WORK_DIR),
                    help="where the trainings run, as WORK/NAME/seedS (default runs/zoo), with "
                         "their QAT twins in quant/ and ONNX exports in export/; finished ones "
                         "there are packed without running again")

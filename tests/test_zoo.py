@@ -61,15 +61,15 @@ def test_build_packs_slim_runs_with_their_command_and_seeds(stand_in, zoo_copy, 
     assert tuple(torch.load(run / "checkpoints" / "best.pt", weights_only=False)) == SLIM_KEYS
     reference = json.loads((run / "metrics.json").read_text())["reference"]
     assert reference["command"] == (
-        f"nas-kws train --model bcresnet1 --config experiments/demo.yaml --seed 2 --run_dir "
-        f"{stand_in[1] / 'bcresnet1' / 'seed2'} --quiet --set data.synth_size=tiny train.epochs=1")
+        "nas-kws train --model bcresnet1 --config experiments/demo.yaml --seed 2 --run_dir "
+        "runs/zoo/bcresnet1/seed2 --quiet --set data.synth_size=tiny train.epochs=1")
     assert reference["data_fingerprint"].startswith(f"synth-v{RECIPE_VERSION}-seed0-tiny-12class-")
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["seed"] == 2
     twin = json.loads((run / "quant" / "qat_w4a8" / "metrics.json").read_text())
     assert twin["model"]["quant"]["weight_bits"] == 4
     assert twin["reference"]["command"] == (
         f"nas-kws quantize qat {stand_in[0] / 'bcresnet1' / 'seed2'} --weight_bits 4 --act_bits 8 "
-        f"--epochs 1 --out {stand_in[1] / 'bcresnet1' / 'seed2' / 'quant' / 'qat_w4a8'} --quiet")
+        "--epochs 1 --out runs/zoo/bcresnet1/seed2/quant/qat_w4a8 --quiet")
     assert twin["reference"]["data_fingerprint"] == reference["data_fingerprint"]
     assert not (zoo / "bcresnet8").exists()
 
