@@ -59,6 +59,10 @@ def cmd_list(args: argparse.Namespace) -> int:
                   "not built")
         if stale:
             status += f", stale seeds {stale} (trained on another set)"
+        twins = min(map(len, d["qat"].values()), default=len(d["current"]))
+        if twins < len(d["current"]) or (d["current"] and not d["int8_ms"]):
+            status += (f", QAT twins of {twins} of {len(d['current'])} seeds"
+                       f"{'' if d['int8_ms'] else ', no latency'} (nas-kws zoo build {name})")
         params, macs = (f"{d[k]:,}" if d[k] else "-" for k in ("params", "macs"))
         qat = "".join(f"{_acc_text(d['qat'][tag]):>15s} " for tag in tags)
         latency = f"{statistics.mean(d['int8_ms']):.3f}" if d["int8_ms"] else "-"

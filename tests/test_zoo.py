@@ -108,13 +108,15 @@ def test_list_shows_accuracy_and_the_build_command_of_unbuilt_models(zoo_copy, c
     assert main(["zoo", "list"]) == 0
     lines = capsys.readouterr().out.splitlines()
     dscnn = next(line for line in lines if line.startswith("dscnn_s "))
-    assert "1,2" in dscnn and dscnn.endswith("built")
+    assert "1,2" in dscnn and dscnn.endswith(
+        "built, QAT twins of 0 of 2 seeds, no latency (nas-kws zoo build dscnn_s)")
     assert f"{100 * statistics.mean(accs):.2f} +- {100 * statistics.stdev(accs):.2f}" in dscnn
     assert "QAT w4a8 %" in lines[1] and "int8 ms" in lines[1]
     qat = [RunDir(zoo / "bcresnet1" / f"seed{s}" / "quant" / "qat_w4a8").read_metrics()
            ["test_best_acc"] for s in (1, 2)]
     bcresnet1 = next(line for line in lines if line.startswith("bcresnet1 "))
     assert f"{100 * statistics.mean(qat):.2f} +- {100 * statistics.stdev(qat):.2f}" in bcresnet1
+    assert bcresnet1.endswith("built")
     assert next(line for line in lines if line.startswith("bcresnet8 ")).endswith("not built")
     assert any("nas-kws zoo build bcresnet8" in line and "--seed SEED" in line for line in lines)
 
