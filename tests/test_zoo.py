@@ -178,6 +178,7 @@ def test_compare_takes_missing_baselines_from_the_zoo_on_its_data_only(zoo_copy,
     assert reference.latency_ms["int8"] == json.loads(
         (zoo / "bcresnet1" / "seed1" / "export" / "model_int8.latency.json").read_text())[
         "median_ms"]
+    assert "tflite" not in reference.latency_ms     # model_int8.latency.json names the ONNX file
     report = (tmp_path / "report" / "report.md").read_text()
     assert f"| {100 * statistics.mean(qat):.2f} +- {100 * statistics.stdev(qat):.2f} |" in report
     csv = (tmp_path / "report" / "report.csv").read_text().splitlines()[0]
