@@ -116,7 +116,7 @@ def _latencies(run: RunDir) -> dict[str, float]:
             model = sub.export.model_path(kind)
             if latency_path(model).is_file():
                 latency = read_json(latency_path(model))
-                if Path(latency["model"]).suffix == model.suffix:
+                if Path(latency.get("model", model)).suffix == model.suffix:
                     found[kind] = latency["median_ms"]
                     break
     return found
