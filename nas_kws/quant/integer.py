@@ -252,6 +252,30 @@ def _quantizer():
     return AllOpsQuantizer()
 
 
+def _snap_biases(net: fx.GraphModule) -> None:
+    """Round every conv/linear bias to the int32 grid of input scale x weight scale, where
+    integer runtimes (onnxruntime's QLinearConv, TFLite) store it: the reference then adds the
+    bias they add, and one source of 1-LSB differences (which BC-ResNet's gains amplify) is
+    gone."""
+    quant = torch.ops.quantized_decomposed
+    for node in net.graph.nodes:
+        if node.op != "call_function" or node.target not in WEIGHTED or len(node.args) < 3:
+            continue
+        x, w, bias = node.args[:3]
+        if not (isinstance(bias, fx.Node) and bias.op == "get_attr"
+                and x.target is quant.dequantize_per_tensor.default
+                and w.target in (quant.dequantize_per_channel.default,
+                                 quant.dequantize_per_tensor.default)):
+            continue
+        w_scale = w.args[1]
+        if isinstance(w_scale, fx.Node):
+            w_scale = net.get_buffer(w_scale.target)
+        scale = torch.tensor(x.args[1], dtype=torch.float32) * torch.as_tensor(
+            w_scale, dtype=torch.float32)
+        value = net.get_parameter(bias.target)
+        value.copy_(torch.round(value / scale) * scale)
+
+
 @torch.no_grad()
 def integer_net(model: nn.Module, calibration: Iterable[torch.Tensor]) -> fx.GraphModule:
     """The calibrated W8A8 reference of a float `model`, carrying its feature_config,
@@ -274,6 +298,7 @@ def integer_net(model: nn.Module, calibration: Iterable[torch.Tensor]) -> fx.Gra
     if not seen:
         raise ValueError("integer_net: no calibration clips")
     net = convert_pt2e(prepared, fold_quantize=False)
+    _snap_biases(net)
     net.feature_config, net.num_classes = model.feature_config, model.num_classes
     net.spec = {"base": model.spec, "integer": "pt2e_w8a8"}
     return net
