@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from nas_kws.fileio import atomic_write
+from nas_kws.quant.export_padding import pad_channels
 from nas_kws.quant.fold import example_input
 from nas_kws.quant.latency import session
 
@@ -131,7 +132,8 @@ def _runtime_friendly(proto: onnx.ModelProto) -> None:
 
 def export_integer(net: nn.Module, path: str | Path, classes: list[str]) -> Path:
     """The all-integer reference (nas_kws.quant.integer) as a QDQ graph (opset 18, torch's
-    dynamo exporter), rewritten so onnxruntime runs QLinear kernels for every op."""
+    dynamo exporter), rewritten so onnxruntime runs QLinear kernels for every op, and its fast
+    ones (channels padded to multiples of 16, nas_kws.quant.export_padding)."""
     example = example_input(net, batch=1)
 
     def export(tmp: Path) -> None:
@@ -139,6 +141,7 @@ def export_integer(net: nn.Module, path: str | Path, classes: list[str]) -> Path
                                     input_names=[INPUT], output_names=[OUTPUT], verbose=False)
         proto = program.model_proto
         _runtime_friendly(proto)
+        pad_channels(proto)
         onnx.save(proto, str(tmp))
 
     return _export_with_metadata(path, export, metadata_for(net, classes))
