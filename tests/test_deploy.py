@@ -1,5 +1,7 @@
 """The all-integer W8A8 net: QLinear kernels for every op in onnxruntime, a full-integer .tflite
 checked with the LiteRT interpreter (skipped only without the tflite extra), and its memory."""
+import numpy as np
+import onnx
 import pytest
 import torch
 from quant_helpers import pattern_features, single_thread, tiny_genotype, train_on  # noqa: F401
@@ -58,6 +60,38 @@ def test_integer_onnx_runs_no_float_op(bcresnet, tmp_path):
     parity = prediction_parity(integer_logits(net, feats),
                                torch.from_numpy(onnx_logits(path, feats)))
     assert parity["agreement_tie_aware"] >= 0.995
+
+
+def test_channel_padding_is_bit_exact(bcresnet, tmp_path):
+    """BC-ResNet-1's 8/12/20-channel convs get zero channels up to multiples of 16 (the
+    kernels onnxruntime runs fast); the logits do not move by one bit."""
+    model, net, feats = bcresnet
+    padded = export_integer(net, tmp_path / "padded.onnx", CLASSES)
+    plain = export_integer(net, tmp_path / "plain.onnx", CLASSES, channel_padding=False)
+    groups = {name: sorted(a.i for n in onnx.load(str(path)).graph.node if n.op_type == "Conv"
+                           for a in n.attribute if a.name == "group" and a.i > 1)
+              for name, path in (("padded", padded), ("plain", plain))}
+    assert {8, 12, 20} <= set(groups["plain"])
+    assert all(g % 16 == 0 for g in groups["padded"]) and len(groups["padded"]) == len(
+        groups["plain"])
+    np.testing.assert_array_equal(onnx_logits(padded, feats), onnx_logits(plain, feats))
+
+
+def test_biases_sit_on_the_int32_grid(bcresnet):
+    """The reference adds the bias integer runtimes add: a multiple of input x weight scale."""
+    _, net, _ = bcresnet
+    quant = torch.ops.quantized_decomposed
+    checked = 0
+    for node in net.graph.nodes:
+        if node.op == "call_function" and node.target is torch.ops.aten.conv2d.default \
+                and len(node.args) > 2 and isinstance(node.args[2], torch.fx.Node):
+            x, w, bias = node.args[:3]
+            assert x.target is quant.dequantize_per_tensor.default
+            scale = torch.tensor(x.args[1]) * net.get_buffer(w.args[1].target)
+            steps = net.get_parameter(bias.target) / scale
+            assert torch.allclose(steps, steps.round(), atol=1e-3)
+            checked += 1
+    assert checked > 10
 
 
 def test_integer_net_follows_the_float_net():

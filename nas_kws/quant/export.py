@@ -130,10 +130,12 @@ def _runtime_friendly(proto: onnx.ModelProto) -> None:
     del graph.value_info[:]
 
 
-def export_integer(net: nn.Module, path: str | Path, classes: list[str]) -> Path:
+def export_integer(net: nn.Module, path: str | Path, classes: list[str],
+                   channel_padding: bool = True) -> Path:
     """The all-integer reference (nas_kws.quant.integer) as a QDQ graph (opset 18, torch's
     dynamo exporter), rewritten so onnxruntime runs QLinear kernels for every op, and its fast
-    ones (channels padded to multiples of 16, nas_kws.quant.export_padding)."""
+    ones (channels padded to multiples of 16, nas_kws.quant.export_padding; an exact rewrite,
+    `channel_padding=False` skips it)."""
     example = example_input(net, batch=1)
 
     def export(tmp: Path) -> None:
@@ -141,7 +143,8 @@ def export_integer(net: nn.Module, path: str | Path, classes: list[str]) -> Path
                                     input_names=[INPUT], output_names=[OUTPUT], verbose=False)
         proto = program.model_proto
         _runtime_friendly(proto)
-        pad_channels(proto)
+        if channel_padding:
+            pad_channels(proto)
         onnx.save(proto, str(tmp))
 
     return _export_with_metadata(path, export, metadata_for(net, classes))

@@ -83,8 +83,9 @@ def _weight_chain(g: _Graph, name: str) -> list[onnx.NodeProto] | None:
 
 def _pad_axis0(g: _Graph, chain: list[onnx.NodeProto], rows: int, cols: int | None,
                tag: str) -> None:
-    """Pad a quantized weight/bias chain to `rows` output channels (zero values, unit scales,
-    zero points 0) and, for a weight, to `cols` input channels."""
+    """Pad a quantized weight/bias chain to `rows` output channels and, for a weight, to `cols`
+    input channels: zero values and zero points; scales repeat the last channel's, because
+    onnxruntime fuses a conv only when its bias scale is input scale x weight scale."""
     source = chain[-1].input[0]
     value = g.consts[source]
     pad = [(0, rows - value.shape[0])] + [(0, 0)] * (value.ndim - 1)
@@ -92,12 +93,11 @@ def _pad_axis0(g: _Graph, chain: list[onnx.NodeProto], rows: int, cols: int | No
         pad[1] = (0, cols - value.shape[1])
     chain[-1].input[0] = g.const(f"{source}_{tag}", np.pad(value, pad))
     for node in chain:
-        for slot, fill in ((1, 1), (2, 0)):
+        for slot, mode in ((1, "edge"), (2, "constant")):
             param = g.consts.get(node.input[slot]) if len(node.input) > slot else None
             if node.op_type != "Clip" and param is not None and param.size > 1:
-                node.input[slot] = g.const(
-                    f"{node.input[slot]}_{tag}",
-                    np.pad(param, (0, rows - param.size), mode="edge" if fill else "constant"))
+                node.input[slot] = g.const(f"{node.input[slot]}_{tag}",
+                                           np.pad(param, (0, rows - param.size), mode=mode))
 
 
 def _blocked(g: _Graph) -> set[str]:
