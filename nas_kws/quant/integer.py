@@ -224,7 +224,11 @@ def _quantizer():
                     inputs = {node.args[0]: act, node.args[1]: weight}
                     output = None if feeds_only_relu(node) else act   # ReLU fuses in
                 elif target in BINARY:
-                    inputs = {a: act for a in node.args[:2] if isinstance(a, fx.Node)}
+                    # a sigmoid output keeps its fixed grid: requantizing it in front of the
+                    # multiply is a second rounding that onnxruntime folds away (its
+                    # QLinearSigmoid writes the second grid directly), so it would differ
+                    inputs = {a: act for a in node.args[:2] if isinstance(a, fx.Node)
+                              and a.target is not aten.sigmoid.default}
                     output = None if feeds_only_relu(node) else act
                 elif target in RELU:
                     source = node.args[0]
