@@ -8,7 +8,6 @@ import json
 import os
 import statistics
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from nas_kws.fileio import read_json
@@ -107,18 +106,14 @@ def _quant_results(run: RunDir) -> tuple[dict[str, float], dict[str, int]]:
 
 
 def _latencies(run: RunDir) -> dict[str, float]:
-    """Median ms of the run's own exports, int8 falling back to a quantized variant's export.
-    model_int8.onnx and model_int8.tflite share a latency file name, so a file counts for the
-    kind whose model it names."""
+    """Median ms of the run's own exports, int8 falling back to a quantized variant's export."""
     found: dict[str, float] = {}
     for kind in ("fp32", "int8", "tflite"):
         for sub in (run, *run.quant_runs()):
-            model = sub.export.model_path(kind)
-            if latency_path(model).is_file():
-                latency = read_json(latency_path(model))
-                if Path(latency.get("model", model)).suffix == model.suffix:
-                    found[kind] = latency["median_ms"]
-                    break
+            path = latency_path(sub.export.model_path(kind))
+            if path.is_file():
+                found[kind] = read_json(path)["median_ms"]
+                break
     return found
 
 

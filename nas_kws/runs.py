@@ -64,9 +64,11 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
-def latency_path(onnx: str | os.PathLike) -> Path:
-    """Where `nas-kws bench latency` writes an ONNX file's latency: next to it."""
-    return Path(onnx).with_suffix(".latency.json")
+def latency_path(model: str | os.PathLike) -> Path:
+    """Where `nas-kws bench latency` writes a model file's latency: next to it, named after the
+    whole file name, so model_int8.onnx and model_int8.tflite each have their own."""
+    model = Path(model)
+    return model.with_name(f"{model.name}.latency.json")
 
 
 def _file(*parts: str) -> property:

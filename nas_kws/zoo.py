@@ -8,7 +8,7 @@ recipe on the embedded default synthetic set, so a report always has them.
                               checkpoints/best.pt holding the weights and spec only
       quant/qat_w<W>a8/       a Brevitas QAT twin of those weights: metrics.json only (its
                               "reference" adds the digest of the weights it fine-tuned)
-      export/model_{fp32,int8}.latency.json   ONNX latency at build time (first seed only)
+      export/model_{fp32,int8}.onnx.latency.json   ONNX latency at build time (first seed only)
 
 `NAS_KWS_ZOO` points the package at another zoo folder. The data fingerprint names the set
 (`synth-v<recipe version>-seed<S>-<size>-<task>`) and ends with 16 hex digits of
@@ -325,11 +325,12 @@ def pack_qat(index: ZooIndex, model: str, seed: int, bits: int, twin: RunDir, wo
 
 def pack_latency(index: ZooIndex, model: str, seed: int, exports: ExportDir) -> dict[str, float]:
     """Copy the latency files of the packed run's ONNX exports in `exports` into the zoo."""
-    dest = index.run(model, seed).export
+    run = index.run(model, seed)
     for kind in LATENCY_KINDS:
-        write_json(latency_path(dest.onnx_path(kind)),
-                   read_json(latency_path(exports.onnx_path(kind)), "latency file"))
-    return packed_latency(index.run(model, seed))
+        dest = run.export.onnx_path(kind)
+        latency = read_json(latency_path(exports.onnx_path(kind)), "latency file")
+        write_json(latency_path(dest), {**latency, "model": str(dest.relative_to(run.path))})
+    return packed_latency(run)
 
 
 def reference_runs(name: str, like_run: str | os.PathLike) -> tuple[list[Path], str]:

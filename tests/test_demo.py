@@ -15,8 +15,9 @@ def test_demo_runs_search_to_report_and_resumes(tmp_path, capsys):
     assert "derived net (hybrid space" in printed and "against the budget 6,000,000" in printed
     for run in ("searched", "bcresnet1"):
         assert (out / run / "quant" / "ptq.json").is_file()
-        assert (out / run / "quant" / "qat_w8a8" / "export" / "model_int8.latency.json").is_file()
-        assert (out / run / "export" / "model_fp32.latency.json").is_file()
+        twin_export = out / run / "quant" / "qat_w8a8" / "export"
+        assert (twin_export / "model_int8.onnx.latency.json").is_file()
+        assert (out / run / "export" / "model_fp32.onnx.latency.json").is_file()
     assert (out / "search" / "genotype.yaml").is_file()
     with open(out / "report" / "report.csv") as f:
         rows = {r["model"]: r for r in csv.DictReader(f)}

@@ -133,7 +133,8 @@ def test_commands_quantize_export_and_bench_a_trained_run(tone_root, tmp_path, c
     assert exported["int8"]["kernels"]["float_weight_kernels"] == 0
 
     run_command(["bench", "latency", str(run / "export" / "model_int8.onnx"), "--runs", "10"])
-    assert json.loads((run / "export" / "model_int8.latency.json").read_text())["median_ms"] > 0
+    latency = run / "export" / "model_int8.onnx.latency.json"
+    assert json.loads(latency.read_text())["median_ms"] > 0
     assert "median" in capsys.readouterr().out
 
 

@@ -36,7 +36,8 @@ def fake_run(path, model_spec, acc, params, macs, ptq=None, twins=None, latency=
             {"model": {"base": model_spec, "quant": quant}, "test_best_acc": twin_acc}))
     for kind, ms in (latency or {}).items():
         (path / "export").mkdir(exist_ok=True)
-        (path / "export" / f"model_{kind}.latency.json").write_text(json.dumps({"median_ms": ms}))
+        latency = path / "export" / f"model_{kind}.onnx.latency.json"
+        latency.write_text(json.dumps({"median_ms": ms}))
     return path
 
 

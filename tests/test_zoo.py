@@ -57,7 +57,7 @@ def test_build_packs_slim_runs_with_their_command_and_seeds(stand_in, zoo_copy, 
     assert files == ["checkpoints/best.pt", "classes.txt", "config.yaml", "features.yaml",
                      "metrics.json", "quant/qat_w4a8/metrics.json"]
     assert sorted(p.name for p in (zoo / "bcresnet1" / "seed1" / "export").iterdir()) == [
-        "model_fp32.latency.json", "model_int8.latency.json"]   # the first seed's only
+        "model_fp32.onnx.latency.json", "model_int8.onnx.latency.json"]   # the first seed's only
     assert tuple(torch.load(run / "checkpoints" / "best.pt", weights_only=False)) == SLIM_KEYS
     reference = json.loads((run / "metrics.json").read_text())["reference"]
     assert reference["command"] == (
@@ -127,7 +127,7 @@ def test_list_shows_accuracy_and_the_build_command_of_unbuilt_models(zoo_copy, c
     ("accuracy", "test accuracy"),
     ("qat_base", "qat_w4a8/metrics.json: stale QAT result"),
     ("qat_metrics", "qat_w4a8/metrics.json"),
-    ("latency", "model_int8.latency.json: corrupt latency file"),
+    ("latency", "model_int8.onnx.latency.json: corrupt latency file"),
 ])
 def test_verify_names_a_corrupt_stale_or_changed_run_in_one_line(zoo_copy, tmp_path, capsys,
                                                                  damage, expected):
@@ -152,7 +152,7 @@ def test_verify_names_a_corrupt_stale_or_changed_run_in_one_line(zoo_copy, tmp_p
     elif damage == "qat_metrics":
         twin.metrics_path.write_text('{"test_best_acc": 0.5')
     elif damage == "latency":
-        (run.path / "export" / "model_int8.latency.json").write_text('{"median_ms": -1.0}')
+        (run.path / "export" / "model_int8.onnx.latency.json").write_text('{"median_ms": -1.0}')
     assert main(["zoo", "verify"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "reference run bcresnet1/seed1" in err and expected in err
@@ -176,9 +176,9 @@ def test_compare_takes_missing_baselines_from_the_zoo_on_its_data_only(zoo_copy,
     assert reference.quant["QAT w4a8"] == pytest.approx(statistics.mean(qat))
     assert reference.quant_std["QAT w4a8"] == pytest.approx(statistics.stdev(qat))
     assert reference.latency_ms["int8"] == json.loads(
-        (zoo / "bcresnet1" / "seed1" / "export" / "model_int8.latency.json").read_text())[
+        (zoo / "bcresnet1" / "seed1" / "export" / "model_int8.onnx.latency.json").read_text())[
         "median_ms"]
-    assert "tflite" not in reference.latency_ms     # model_int8.latency.json names the ONNX file
+    assert "tflite" not in reference.latency_ms     # model_int8.tflite has its own latency file
     report = (tmp_path / "report" / "report.md").read_text()
     assert f"| {100 * statistics.mean(qat):.2f} +- {100 * statistics.stdev(qat):.2f} |" in report
     csv = (tmp_path / "report" / "report.csv").read_text().splitlines()[0]

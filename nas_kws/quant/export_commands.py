@@ -1,7 +1,7 @@
 """`nas-kws export` and `nas-kws bench latency`: deployable files of a run and their speed.
     RUN/export/model_{fp32,int8}.onnx       with export.json (accuracy, parity, kernels)
     RUN/export/model_int8.tflite            full-integer TFLite (--tflite)
-    MODEL.latency.json                      next to each benchmarked file
+    <file>.latency.json                     next to each benchmarked file, e.g. model_int8.onnx
 A float run's int8 files come from one all-integer W8A8 reference (nas_kws.quant.integer), which
 their parity is checked against; a quantized run (a Brevitas twin) exports its own QCDQ graph.
 """
