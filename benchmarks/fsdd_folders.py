@@ -69,10 +69,11 @@ def arrange(mirror: Path, out: Path) -> Counter:
             skipped.append(name)
             continue
         digit, speaker, take = match[1], match[2], int(match[3])
-        target = tmp / split_of(take) / digit / f"{speaker}_nohash_{take}.wav"
+        split = split_of(take)
+        target = tmp / split / digit / f"{speaker}_nohash_{take}.wav"
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
-        counts[split_of(take)] += 1
+        counts[split] += 1
     if not counts:
         shutil.rmtree(tmp, ignore_errors=True)
         raise SystemExit(f"{mirror}: no <digit>_<speaker>_<take>.wav clips under recordings/")
