@@ -316,6 +316,34 @@ def test_search_resume_gives_the_same_alphas_and_weights(tone_root, tmp_path):
     assert profile_model(model).macs == resumed["derived_macs"]
 
 
+def test_a_search_from_another_runs_warmup_equals_a_straight_search(tone_root, tmp_path):
+    cfg = _tiny_search_config(tmp_path, tone_root, warmup_epochs=1, n_epochs=1)
+    store = open_dataset(cfg.data, progress=False)
+    straight = search(cfg, tmp_path / "a", store=store, progress=False)
+    search(cfg, tmp_path / "w", store=store, progress=False, stop_after_epoch=0)
+    adopted = search(cfg, tmp_path / "b", store=store, progress=False, warmup_from=tmp_path / "w")
+    a = RunDir(tmp_path / "a").load_checkpoint("last")["supernet"]
+    b = RunDir(tmp_path / "b").load_checkpoint("last")["supernet"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["phase"] for r in adopted["history"]] == ["warmup", "search"]
+    assert ([(r["train_loss"], r["valid_acc"]) for r in adopted["history"]] ==
+            [(r["train_loss"], r["valid_acc"]) for r in straight["history"]])
+    assert adopted["blocks"] == straight["blocks"]
+    # the search epochs' settings may differ (the ablation), the warm-up's may not
+    search(_tiny_search_config(tmp_path, tone_root, warmup_epochs=1, n_epochs=1,
+                               target_hardware="none"), tmp_path / "c", store=store,
+           progress=False, warmup_from=tmp_path / "w")
+    with pytest.raises(ValueError, match="search.warmup_lr is 0.2 there, 0.1 here"):
+        search(_tiny_search_config(tmp_path, tone_root, warmup_epochs=1, warmup_lr=0.1),
+               tmp_path / "d", store=store, progress=False, warmup_from=tmp_path / "w")
+    with pytest.raises(ValueError, match="search.warmup_epochs is 1 there, 2 here"):
+        search(_tiny_search_config(tmp_path, tone_root, warmup_epochs=2), tmp_path / "e",
+               store=store, progress=False, warmup_from=tmp_path / "w")
+    with pytest.raises(ValueError, match="checkpoint is after 2 epochs; expected one after "
+                                         "the warm-up's 1"):
+        search(cfg, tmp_path / "f", store=store, progress=False, warmup_from=tmp_path / "a")
+
+
 def test_budget_mode_lands_inside_the_band(tone_root, tmp_path):
     cfg = _tiny_search_config(tmp_path, tone_root, grad_reg_loss_type="budget",
                               grad_binary_mode="two", flops_ref_value=2.5e5)
@@ -336,6 +364,11 @@ def test_command_line_errors_are_one_line(tone_root, tmp_path, capsys):
     assert main(common + ["--search_space", str(tiny), "--grad_reg_loss_type", "budget",
                           "--flops_ref_value", "1e3"]) == 2
     assert "budget band 900..1,100 MACs is out of reach of tiny" in capsys.readouterr().err
+    assert main(common + ["--resume", "--warmup_from", str(tmp_path / "w")]) == 2
+    assert "--warmup_from starts a fresh search; --resume continues one" in capsys.readouterr().err
+    assert main(common + ["--strategy", "random", "--warmup_from", str(tmp_path / "w")]) == 2
+    assert "--warmup_from: search.strategy random has no supernet warm-up" in (
+        capsys.readouterr().err)
 
 
 def test_flags_presets_and_config_layers(tmp_path):

@@ -61,6 +61,10 @@ NUMBER_FLAGS: tuple[tuple[str, type, str | None], ...] = (
 def add_search_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--path", help="run directory (default runs/search-<space>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the search in --path")
+    p.add_argument("--warmup_from", metavar="RUN",
+                   help="a fresh search in --path that starts after RUN's warm-up (its "
+                        "checkpoint after warmup_epochs, same warm-up settings; e.g. strategy "
+                        "evolution with n_epochs 0): ablations of the search epochs share it")
     p.add_argument("--config", help="search config YAML (sections data, augment, train, search)")
     p.add_argument("--preset", choices=sorted(PRESETS),
                    help="paper: Peter et al.'s schedule and loss (40 warm-up + 120 search "
@@ -116,6 +120,8 @@ def print_random(summary: dict[str, Any]) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    if args.resume and args.warmup_from:
+        raise ValueError("--warmup_from starts a fresh search; --resume continues one in --path")
     if args.resume:
         if not args.path:
             raise ValueError("--resume needs --path RUN_DIR")
@@ -137,6 +143,9 @@ def _run_search(cfg: SearchConfig, run_dir: Path, args: argparse.Namespace) -> i
     if distributed.world_size() > 1 and cfg.search.strategy not in DISTRIBUTED_STRATEGIES:
         raise ValueError(f"search.strategy {cfg.search.strategy}: runs in one process; torchrun "
                          f"spreads {' and '.join(DISTRIBUTED_STRATEGIES)} over several")
+    if args.warmup_from and cfg.search.strategy not in DISTRIBUTED_STRATEGIES:
+        raise ValueError(f"--warmup_from: search.strategy {cfg.search.strategy} has no supernet "
+                         f"warm-up; {' and '.join(DISTRIBUTED_STRATEGIES)} have one")
     if cfg.search.strategy == "halving":
         from nas_kws.nas.halving import successive_halving
 
@@ -150,7 +159,8 @@ def _run_search(cfg: SearchConfig, run_dir: Path, args: argparse.Namespace) -> i
         return 0
     from nas_kws.nas.search import search
 
-    metrics = search(cfg, run_dir, resume=args.resume, progress=not args.quiet)
+    metrics = search(cfg, run_dir, resume=args.resume, progress=not args.quiet,
+                     warmup_from=args.warmup_from)
     if distributed.is_main():
         print_summary(metrics, run_dir)
     return 0

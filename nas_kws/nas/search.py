@@ -60,6 +60,16 @@ from nas_kws.train import (
 )
 
 RECALIBRATION_BATCHES = 4    # held-out batches that re-estimate BN statistics of the derived path
+# the settings a warm-up depends on: a search may start from another run's warm-up
+# (--warmup_from) only when they match; the search epochs' settings may differ
+WARMUP_KEYS = ("features", "data", "augment", "train.seed", "train.batch_size",
+               "train.momentum", "train.nesterov", "train.weight_decay", "train.label_smoothing",
+               "train.max_steps_per_epoch", "search.search_space", "search.width_mult",
+               "search.warmup_epochs", "search.warmup_lr", "search.lr_warmup_epochs",
+               "search.path_sampling", "search.share_weights", "search.teacher_op",
+               "search.teacher_epochs", "search.open_epochs", "search.sandwich_paths",
+               "search.flops_ref_value", "search.budget_tolerance", "search.arch_fraction",
+               "search.max_flash_kb", "search.max_sram_kb")
 
 
 def split_training(n: int, fraction: float, batch_size: int,
@@ -73,6 +83,12 @@ def split_training(n: int, fraction: float, batch_size: int,
                          f"{batch_size}")
     order = np.random.default_rng(seed).permutation(n)
     return np.sort(order[n_arch:]), np.sort(order[:n_arch])
+
+
+def _dotted_get(config: dict[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        config = config.get(part) if isinstance(config, dict) else None
+    return config
 
 
 def endless(loader: BatchLoader, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -153,8 +169,13 @@ class _Search:
                 "history": self.history, "config": to_dict(self.cfg), "space": self.space.name,
                 "features": self.space.features.to_dict(), "classes": self.classes}
 
-    def restore(self) -> None:
-        state = self.run.resume_checkpoint()
+    def restore(self, warmup_from: RunDir | None = None) -> None:
+        """Continue from this run's last checkpoint, or from the checkpoint `warmup_from` (another
+        run) left after its warm-up: searches that differ only in their search epochs (an
+        ablation) then share one warm-up, bit for bit."""
+        state = (warmup_from or self.run).resume_checkpoint()
+        if warmup_from:
+            self.check_warmup(warmup_from, state)
         self.supernet.load_state_dict(state["supernet"])
         self.weight_opt.load_state_dict(state["weight_optimizer"])
         self.arch_opt.load_state_dict(state["arch_optimizer"])
@@ -162,6 +183,19 @@ class _Search:
         if self.budget:
             self.budget.value = state["multiplier"]
         self.history, self.start_epoch = state["history"], state["epoch"] + 1
+
+    def check_warmup(self, source: RunDir, state: dict[str, Any]) -> None:
+        """`state` (of run `source`) is this run's warm-up: same warm-up settings, stopped
+        after the last warm-up epoch."""
+        where = f"--warmup_from {source.path}"
+        for key in WARMUP_KEYS:
+            theirs, ours = _dotted_get(state["config"], key), _dotted_get(to_dict(self.cfg), key)
+            if theirs != ours:
+                raise ValueError(f"{where}: {key} is {theirs!r} there, {ours!r} here; the warm-up "
+                                 f"settings must match")
+        if state["epoch"] + 1 != self.s.warmup_epochs:
+            raise ValueError(f"{where}: its checkpoint is after {state['epoch'] + 1} epochs; "
+                             f"expected one after the warm-up's {self.s.warmup_epochs}")
 
     # steps --------------------------------------------------------------------------------------
     def expected_macs(self) -> torch.Tensor | None:
@@ -372,9 +406,11 @@ def open_search(run_dir: str | Path, progress: bool = False) -> _Search:
 
 
 def search(cfg: SearchConfig, run_dir: str | Path, resume: bool = False, store=None,
-           progress: bool = True, stop_after_epoch: int | None = None) -> dict[str, Any]:
+           progress: bool = True, stop_after_epoch: int | None = None,
+           warmup_from: str | Path | None = None) -> dict[str, Any]:
     """Run (or resume) a search in `run_dir`; returns (and writes) metrics.json.
-    `stop_after_epoch` ends the job after that epoch with its checkpoint written."""
+    `stop_after_epoch` ends the job after that epoch with its checkpoint written;
+    `warmup_from` starts a fresh run after the warm-up of that run (check_warmup)."""
     from torch.utils.tensorboard import SummaryWriter
 
     main = distributed.is_main()
@@ -382,8 +418,11 @@ def search(cfg: SearchConfig, run_dir: str | Path, resume: bool = False, store=N
     job = _Search(cfg, run_dir, store, progress)
     if resume:
         job.restore()
-    elif main:
-        job.run.write_setup(to_dict(cfg), job.space.features, job.classes)
+    else:
+        if warmup_from is not None:
+            job.restore(RunDir(warmup_from))
+        if main:
+            job.run.write_setup(to_dict(cfg), job.space.features, job.classes)
     total = job.s.warmup_epochs + job.s.n_epochs
     job.writer = SummaryWriter(str(job.run.tb_dir)) if main else None
     try:
