@@ -1,4 +1,5 @@
-"""Architecture losses: cross-entropy on held-out training batches plus a MACs term.
+"""Architecture losses: cross-entropy on held-out training batches plus a MACs term, and
+penalties for flash / SRAM bounds.
 
 - mul#log (Peter et al., ProxylessNAS): CE * alpha * (log E[F] / log ref)^beta. A soft pull
   towards fewer MACs that grows with beta; it enforces no budget.
@@ -8,6 +9,8 @@
   derived net is already within half the tolerance. mu turns negative when the net is too
   small, so the search is pushed towards the budget from both sides; derivation then picks the
   most probable net inside ref * (1 +- tolerance) (see derive.py).
+- bound_penalty (ours): weight * relu(E[cost] / limit - 1) per memory bound (flash, peak SRAM),
+  added to any of the above.
 """
 from __future__ import annotations
 
@@ -49,3 +52,13 @@ class BudgetMultiplier:
         if abs(error) > math.log1p(self.tolerance / 2):
             self.value += self.rate * error
         return self.value
+
+
+def bound_penalty(expected: torch.Tensor, limit: float, weight: float) -> torch.Tensor:
+    """weight * relu(expected / limit - 1): nothing while the expected cost is within the bound,
+    so a distribution that already respects it is left to the cross-entropy and the MACs term,
+    and a pull proportional to the relative excess beyond it (scale-free, so one weight serves
+    flash and SRAM). Not a log barrier: the search starts near-uniform, usually over the bound,
+    where a barrier is undefined. Derivation enforces the bound exactly anyway (derive.py); the
+    penalty only moves probability towards nets that respect it. An infinite limit gives 0."""
+    return weight * torch.relu(expected / limit - 1)

@@ -6,7 +6,9 @@ probabilities E[F] is exactly the profiler's count of the derived net.
 
 The same measurement gives each part's MCU memory (nas_kws.profiling): flash adds up like MACs,
 and peak SRAM is the largest part's, since between two blocks only the one tensor passed on is
-alive. `MacsTable.bounded` attaches a flash / SRAM bound that derivation and sampling respect.
+alive. `MacsTable.bounded` attaches a flash / SRAM bound that derivation and sampling respect;
+the expected flash and peak SRAM under the architecture's probabilities price it in the
+architecture loss (arch_loss.bound_penalty).
 """
 from __future__ import annotations
 
@@ -103,10 +105,27 @@ class MacsTable:
 
     def expected(self, probs: list[torch.Tensor]) -> torch.Tensor:
         """E[F], differentiable in the probabilities."""
-        total = torch.tensor(float(self.fixed), device=probs[0].device)
-        for p, macs in zip(probs, self.choices):
-            total = total + (p * torch.tensor(macs, dtype=p.dtype, device=p.device)).sum()
-        return total
+        return _expectation(self.fixed, self.choices, probs)
+
+    def expected_flash(self, probs: list[torch.Tensor]) -> torch.Tensor:
+        """E[flash bytes]: flash adds up over positions, like MACs."""
+        return _expectation(self.fixed_flash, self.flash, probs)
+
+    def expected_sram(self, probs: list[torch.Tensor]) -> torch.Tensor:
+        """E[peak SRAM bytes] of a net drawn from `probs`, exactly and differentiably. The
+        positions are drawn independently, so P(peak <= v) = prod_i P(S_i <= v) for every v at
+        or above the fixed parts' peak; E[peak] = sum_v v * (P(peak <= v) - P(peak < v)) over the
+        (few hundred) distinct figures. Unlike a soft max of per-position expectations it has no
+        temperature and equals the profiled peak for one-hot probabilities."""
+        kind = dict(dtype=probs[0].dtype, device=probs[0].device)
+        levels = torch.tensor(sorted({self.fixed_sram, *(s for srams in self.sram for s in srams
+                                                          if s > self.fixed_sram)}), **kind)
+        cdf = torch.ones_like(levels)
+        for p, srams in zip(probs, self.sram):
+            below = torch.tensor(srams, **kind)[None] <= levels[:, None]
+            cdf = cdf * (below * p[None]).sum(1)
+        pmf = torch.diff(cdf, prepend=torch.zeros_like(cdf[:1]))
+        return (pmf * levels).sum()
 
     def of(self, picks: list[int]) -> int:
         """MACs of the net with candidate picks[i] at searchable position i."""
@@ -117,6 +136,16 @@ class MacsTable:
 
     def largest(self) -> int:
         return self.fixed + sum(max(m) for m in self.choices)
+
+
+def _expectation(fixed: int, per_candidate: list[list[int]],
+                 probs: list[torch.Tensor]) -> torch.Tensor:
+    """fixed + sum_i sum_k p_ik * per_candidate[i][k]: the expectation of a cost that adds up
+    over positions."""
+    total = torch.tensor(float(fixed), device=probs[0].device)
+    for p, costs in zip(probs, per_candidate):
+        total = total + (p * torch.tensor(costs, dtype=p.dtype, device=p.device)).sum()
+    return total
 
 
 def macs_table(supernet) -> MacsTable:

@@ -35,7 +35,7 @@ from nas_kws.device import pick_device, rng_state, seed_everything, set_rng_stat
 from nas_kws.evaluation import evaluate
 from nas_kws.fileio import write_csv
 from nas_kws.models.genotype import build_from_genotype, describe_block, save_genotype
-from nas_kws.nas.arch_loss import BudgetMultiplier, arch_loss
+from nas_kws.nas.arch_loss import BudgetMultiplier, arch_loss, bound_penalty
 from nas_kws.nas.cost import MacsTable, macs_table
 from nas_kws.nas.derive import derive_picks
 from nas_kws.nas.evolution import Scored, evolve
@@ -203,6 +203,15 @@ class _Search:
             return None
         return self.table.expected(self.supernet.probs())
 
+    def memory_penalty(self) -> torch.Tensor | None:
+        """The architecture loss's flash and SRAM penalties (None without a bound or weight)."""
+        weight = self.s.memory_penalty_weight
+        if not self.table.memory_bounded or weight == 0:
+            return None
+        probs = self.supernet.probs()
+        return (bound_penalty(self.table.expected_flash(probs), self.table.max_flash, weight)
+                + bound_penalty(self.table.expected_sram(probs), self.table.max_sram, weight))
+
     def picks(self) -> list[int]:
         probs = [p.detach() for p in self.supernet.probs()]
         return derive_picks(probs, self.table, self.band)
@@ -269,6 +278,9 @@ class _Search:
         loss = arch_loss(ce, expected, self.s.grad_reg_loss_type, self.s.flops_ref_value,
                          self.s.grad_reg_loss_alpha, self.s.grad_reg_loss_beta,
                          self.s.grad_reg_loss_lambda, self.budget.value if self.budget else 0.0)
+        penalty = self.memory_penalty()
+        if penalty is not None:
+            loss = loss + penalty
         self.arch_opt.zero_grad(set_to_none=True)
         self.supernet.arch_backward(loss)
         distributed.average_gradients(self.supernet.arch_parameters())

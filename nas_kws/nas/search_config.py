@@ -80,6 +80,10 @@ class ArchSearchConfig:
     budget_rate: float = 0.5              # budget mode: multiplier step per architecture step
     max_flash_kb: float = 0.0             # derived / sampled nets' MCU flash bound (0: none)
     max_sram_kb: float = 0.0              # derived / sampled nets' MCU peak SRAM bound (0: none)
+    memory_penalty_weight: float = 1.0    # proxyless, with a bound: architecture loss +
+    #                                       w * relu(E[flash] / max_flash - 1) + w * relu(E[peak
+    #                                       SRAM] / max_sram - 1) (arch_loss.py); 0: the bounds
+    #                                       act at derivation only
     arch_fraction: float = 0.1            # share of the training split held out for arch steps
 
 
@@ -172,6 +176,7 @@ def _check(cfg: SearchConfig) -> None:
         (s.width_mult > 0, "width_mult", "> 0"),
         (s.max_flash_kb >= 0, "max_flash_kb", "KiB >= 0 (0: no bound)"),
         (s.max_sram_kb >= 0, "max_sram_kb", "KiB >= 0 (0: no bound)"),
+        (s.memory_penalty_weight >= 0, "memory_penalty_weight", ">= 0"),
     ]
     for ok, key, expected in checks:
         if not ok:
