@@ -331,8 +331,10 @@ def test_a_search_from_another_runs_warmup_equals_a_straight_search(tone_root, t
     assert adopted["blocks"] == straight["blocks"]
     # the search epochs' settings may differ (the ablation), the warm-up's may not
     search(_tiny_search_config(tmp_path, tone_root, warmup_epochs=1, n_epochs=1,
-                               target_hardware="none"), tmp_path / "c", store=store,
-           progress=False, warmup_from=tmp_path / "w")
+                               target_hardware="none", arch_lr=0.5), tmp_path / "c",
+           store=store, progress=False, warmup_from=tmp_path / "w")
+    arch_opt = RunDir(tmp_path / "c").load_checkpoint("last")["arch_optimizer"]
+    assert arch_opt["param_groups"][0]["lr"] == 0.5 and arch_opt["state"]
     with pytest.raises(ValueError, match="search.warmup_lr is 0.2 there, 0.1 here"):
         search(_tiny_search_config(tmp_path, tone_root, warmup_epochs=1, warmup_lr=0.1),
                tmp_path / "d", store=store, progress=False, warmup_from=tmp_path / "w")

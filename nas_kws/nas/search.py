@@ -178,7 +178,8 @@ class _Search:
             self.check_warmup(warmup_from, state)
         self.supernet.load_state_dict(state["supernet"])
         self.weight_opt.load_state_dict(state["weight_optimizer"])
-        self.arch_opt.load_state_dict(state["arch_optimizer"])
+        if not warmup_from:    # a warm-up made no architecture steps; keep this run's lr, betas
+            self.arch_opt.load_state_dict(state["arch_optimizer"])
         set_rng_state(distributed.own_rng_state(state))
         if self.budget:
             self.budget.value = state["multiplier"]
