@@ -1,6 +1,7 @@
-"""The deployment table (README "Deployment"): per net, test accuracy fp32 and W8A8, MCU flash and
-peak int8 SRAM (the profiler's traced figure and the .tflite arena), and latency per clip (batch
-1, one thread) of ONNX fp32, the all-integer ONNX int8 and the full-integer TFLite int8.
+"""The deployment table (README "Deployment"): per net, test accuracy fp32 and W8A8, MCU flash (the
+profiler's weights, biases and scales, and the whole stripped .tflite file), peak int8 SRAM (the
+profiler's traced figure and the .tflite arena), and latency per clip (batch 1, one thread) of
+ONNX fp32, the all-integer ONNX int8 and the full-integer TFLite int8.
 
     python benchmarks/deploy_table.py LABEL=SOURCE ... [--out benchmarks/results/deploy]
     python benchmarks/deploy_table.py bcresnet1=runs/zoo/bcresnet1/seed0 bcresnet8=bcresnet8 \\
@@ -40,8 +41,8 @@ from nas_kws.report import md_table
 from nas_kws.runs import ExportDir
 
 COLUMNS = ["net", "weights", "fp32_acc", "int8_acc", "onnx_parity", "tflite_parity", "flash_KiB",
-           "sram_KiB", "tflite_arena_KiB", "onnx_fp32_ms", "onnx_int8_ms", "onnx_int8_ratio",
-           "tflite_int8_ms", "tflite_int8_ratio"]
+           "tflite_KiB", "sram_KiB", "tflite_arena_KiB", "onnx_fp32_ms", "onnx_int8_ms",
+           "onnx_int8_ratio", "tflite_int8_ms", "tflite_int8_ratio"]
 TIME_COLUMN = {"fp32": "onnx_fp32_ms", "int8": "onnx_int8_ms", "tflite": "tflite_int8_ms"}
 
 
@@ -79,9 +80,10 @@ def row(label: str, source: str, out: ExportDir) -> dict[str, Any]:
     model = load_model(source)[0] if _is_run(source) else create_model(source).eval()
     values = _export_run(source, out) if _is_run(source) else _export_untrained(model, out)
     profile = profile_model(model)
+    tflite = tflite_summary(_files(out)["tflite"])
     return {"net": label, **values, "flash_KiB": profile.flash_bytes / 1024,
             "sram_KiB": profile.peak_sram_bytes / 1024,
-            "tflite_arena_KiB": tflite_summary(_files(out)["tflite"])["peak_sram_bytes"] / 1024}
+            "tflite_arena_KiB": tflite["peak_sram_bytes"] / 1024, "tflite_KiB": tflite["file_kb"]}
 
 
 def add_latency(rows: list[dict[str, Any]], outs: list[ExportDir], rounds: int,

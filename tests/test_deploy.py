@@ -1,5 +1,7 @@
 """The all-integer W8A8 net: QLinear kernels for every op in onnxruntime, a full-integer .tflite
 checked with the LiteRT interpreter (skipped only without the tflite extra), and its memory."""
+import shutil
+
 import numpy as np
 import onnx
 import pytest
@@ -109,11 +111,19 @@ def test_integer_net_follows_the_float_net():
 def test_full_integer_tflite_agrees_with_the_reference(bcresnet, tmp_path):
     pytest.importorskip("litert_torch", reason="the tflite extra is not installed")
     from nas_kws.quant.latency import measure_latency
-    from nas_kws.quant.tflite import export_tflite, tflite_logits, tflite_summary
+    from nas_kws.quant.tflite import export_tflite, strip_names, tflite_logits, tflite_summary
 
     model, net, feats = bcresnet
-    path = export_tflite(net, tmp_path / "model_int8.tflite")
-    summary = tflite_summary(path)
+    named = export_tflite(net, tmp_path / "named.tflite", keep_names=True)
+    # what export_tflite does by default, on a copy: one conversion serves both files
+    path = strip_names(shutil.copy(named, tmp_path / "model_int8.tflite"))
+    summary, before = tflite_summary(path), tflite_summary(named)
+    # the strings go, nothing else: same ops, constants and arena, bit-identical outputs
+    assert before["longest_name"] > 0 and summary["longest_name"] == summary["name_bytes"] == 0
+    assert summary["file_bytes"] <= before["file_bytes"] - before["name_bytes"]
+    for key in ("ops", "constant_bytes", "peak_sram_bytes"):
+        assert summary[key] == before[key], key
+    np.testing.assert_array_equal(tflite_logits(path, feats), tflite_logits(named, feats))
     assert summary["float_ops"] == {}
     assert summary["input_dtype"] == summary["output_dtype"] == "int8"
     assert "TRANSPOSE" not in summary["ops"]   # SubSpectralNorm needs no layout change

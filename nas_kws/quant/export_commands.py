@@ -1,6 +1,6 @@
 """`nas-kws export` and `nas-kws bench latency`: deployable files of a run and their speed.
     RUN/export/model_{fp32,int8}.onnx       with export.json (accuracy, parity, kernels)
-    RUN/export/model_int8.tflite            full-integer TFLite (--tflite)
+    RUN/export/model_int8.tflite            full-integer TFLite (--tflite), strings stripped
     <file>.latency.json                     next to each benchmarked file, e.g. model_int8.onnx
 A float run's int8 files come from one all-integer W8A8 reference (nas_kws.quant.integer), which
 their parity is checked against; a quantized run (a Brevitas twin) exports its own QCDQ graph.
@@ -53,12 +53,16 @@ def _export_integer(model: nn.Module, store, args: argparse.Namespace, out: Expo
                            **_checked(reference, onnx_logits(path, feats), labels),
                            "kernels": kernel_summary(path)}
     if args.tflite:
+        from nas_kws.profiling import profile_model
         from nas_kws.quant.tflite import export_tflite, tflite_logits, tflite_summary
 
-        path = export_tflite(net, out.model_path("tflite"))
+        path = export_tflite(net, out.model_path("tflite"), keep_names=args.tflite_names)
+        # the file goes into flash whole; the profiler's flash (int8 weights, int32 biases,
+        # scales) is what the search bounds, kept beside it for the comparison
         results["tflite"] = {"path": str(path), "quant": net.spec["integer"],
                              **_checked(reference, tflite_logits(path, feats), labels),
-                             **tflite_summary(path)}
+                             **tflite_summary(path),
+                             "profiler_flash_bytes": profile_model(model).flash_bytes}
     return results
 
 
@@ -100,7 +104,10 @@ def cmd_export(args: argparse.Namespace) -> int:
                      f"{r['kernels']['float_ops']} float ops")
         if "peak_sram_bytes" in r:
             extra = (f", {r['input_dtype']} in / {r['output_dtype']} out, arena >= "
-                     f"{r['peak_sram_bytes'] / 1024:.1f} KiB, {r['file_kb']:.1f} KiB file")
+                     f"{r['peak_sram_bytes'] / 1024:.1f} KiB, {r['file_kb']:.1f} KiB file of which "
+                     f"{r['constant_bytes'] / 1024:.1f} KiB constants and "
+                     f"{r['name_bytes'] / 1024:.1f} KiB names; profiler flash "
+                     f"{r['profiler_flash_bytes'] / 1024:.1f} KiB")
         parity = r["parity"]
         print(f"{kind}: {r['path']} (agrees with PyTorch on {parity['agreement']:.2%} of "
               f"{parity['clips']} test clips, {parity['agreement_tie_aware']:.2%} counting exact "
@@ -127,7 +134,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--int8", action="store_true",
                    help="also the all-integer W8A8 ONNX graph (QLinear kernels for every op)")
     p.add_argument("--tflite", action="store_true",
-                   help="also a full-integer .tflite (needs the tflite extra)")
+                   help="also a full-integer .tflite (needs the tflite extra), its strings "
+                        "stripped for flash")
+    p.add_argument("--tflite_names", action="store_true",
+                   help="keep the .tflite's tensor names and signature (debugging)")
     p.add_argument("--out", help="output folder (default RUN/export)")
     p.add_argument("--parity_clips", type=int, help="test clips for the parity check (default all)")
     p.add_argument("--calib_clips", type=int, default=4000,

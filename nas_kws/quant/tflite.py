@@ -6,12 +6,19 @@ The .tflite maps one clip's features (1, 1, bins, frames), quantized with the in
 scale and zero point, to int8 logits; the FeatureConfig and classes travel in export.json. What
 TFLite Micro needs beside the file is a tensor arena: `tflite_summary` walks the graph in
 execution order and reports the int8 tensors alive at once (the planner's lower bound).
+
+On a microcontroller the .tflite file itself goes into flash, so the export strips its strings
+(`strip_names`: tensor and subgraph names, the description and the signature defs, which only
+name-based runners need): half of a small net's file is tensor names, and the outputs stay
+bit-identical. `tflite_summary` splits the file into constant buffers, names and the rest
+(flatbuffer tables, per-tensor quantization parameters).
 """
 from __future__ import annotations
 
 import os
 from collections import Counter
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -42,8 +49,27 @@ def _interpreter(path: str | Path, threads: int = 1, delegates: bool = True):
     return interpreter
 
 
-def export_tflite(net: nn.Module, path: str | Path) -> Path:
-    """Convert the integer reference; a graph that keeps any float op is refused by name."""
+def _flatbuffers() -> ModuleType:
+    try:
+        from ai_edge_litert.tools import flatbuffer_utils
+    except ImportError:
+        raise NasKwsError(EXTRA) from None
+    return flatbuffer_utils
+
+
+def strip_names(path: str | Path) -> Path:
+    """Rewrite a .tflite in place without its nonessential strings (LiteRT's own
+    `flatbuffer_utils.strip_strings`); ops, tensors, buffers and metadata are unchanged."""
+    fb = _flatbuffers()
+    model = fb.read_model(str(path))
+    fb.strip_strings(model)
+    fb.write_model(model, str(path))   # packs the whole model before it opens the file
+    return Path(path)
+
+
+def export_tflite(net: nn.Module, path: str | Path, keep_names: bool = False) -> Path:
+    """Convert the integer reference, stripped of its strings unless `keep_names` (debugging);
+    a graph that keeps any float op is refused by name."""
     os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
     try:
         import litert_torch
@@ -63,6 +89,8 @@ def export_tflite(net: nn.Module, path: str | Path) -> Path:
         except Exception as err:  # the converter raises many kinds; name the first line
             raise NasKwsError(f"{path}: the TFLite converter cannot lower this net: "
                               f"{_first_line(err)}") from err
+        if not keep_names:
+            strip_names(tmp)
         try:
             float_ops = tflite_summary(tmp)["float_ops"]
         except ValueError as err:  # the interpreter has no kernel for an op
@@ -81,7 +109,8 @@ def _first_line(err: Exception) -> str:
 
 
 def tflite_summary(path: str | Path) -> dict[str, Any]:
-    """Op counts, the float ops left, input/output types and the int8 tensors alive at once."""
+    """Op counts, the float ops left, input/output types, the int8 tensors alive at once and
+    what the file's bytes are."""
     interpreter = _interpreter(path, delegates=False)
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
     ops = interpreter._get_ops_details()  # execution order
@@ -97,7 +126,19 @@ def tflite_summary(path: str | Path) -> dict[str, Any]:
             "float_ops": dict(float_ops),
             **{f"{k}_dtype": np.dtype(v["dtype"]).name for k, v in io.items()},
             "peak_sram_bytes": _peak_sram(ops, tensors, io["input"]["index"]),
-            "file_kb": Path(path).stat().st_size / 1024}
+            **file_composition(path)}
+
+
+def file_composition(path: str | Path) -> dict[str, Any]:
+    """The file's bytes: constant buffers (weights, biases; the scales sit in the tensor
+    tables), tensor names, and the rest (flatbuffer tables, quantization parameters)."""
+    model = _flatbuffers().read_model(str(path))
+    size = Path(path).stat().st_size
+    constants = sum(len(b.data) for b in model.buffers if b.data is not None)
+    names = [len(t.name or b"") for g in model.subgraphs for t in g.tensors]
+    return {"file_bytes": size, "file_kb": size / 1024, "constant_bytes": constants,
+            "name_bytes": sum(names), "other_bytes": size - constants - sum(names),
+            "longest_name": max(names, default=0)}
 
 
 def _peak_sram(ops: list[dict], tensors: dict[int, dict], graph_input: int) -> int:
