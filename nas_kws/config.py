@@ -60,7 +60,7 @@ class TrainConfig:
     device: str = "auto"           # auto | cpu | cuda
     amp: bool = True               # mixed precision when on CUDA
     channels_last: bool = True
-    prefetch: bool = True          # prepare the next batch in a helper thread during the step
+    prefetch: bool = False         # next batch in a helper thread: pays only with a free core
     eval_batch_size: int = 500
     max_steps_per_epoch: int = 0   # 0 = the whole training split
     select_start: bool = False     # fine-tuning: the starting weights compete for `best` (epoch -1)

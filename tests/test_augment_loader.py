@@ -1,5 +1,6 @@
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from nas_kws.config import AugmentConfig
 from nas_kws.data.augment import Augmenter, SpecAugment
@@ -53,6 +54,25 @@ def test_augmenter_shift_noise_and_silence_loudness():
     assert level[labels == 0].max() <= 0.1 and level[labels == 1].mean() > 0.3
     peak = (out - level[:, None]).argmax(1)
     assert (peak - 800).abs().max() <= 160 and (peak != 800).any()
+
+
+def test_augmenter_shift_is_a_window_of_the_zero_padded_clip():
+    m = 32   # shift_ms 2 at 16 kHz; a clip shorter than the shift comes out silent at some shifts
+    for length in (200, 20):
+        waves = torch.randn(64, length)
+        cfg = AugmentConfig(shift_ms=2, noise_prob=0.0)
+        out = Augmenter(cfg, torch.zeros(0, length), 16000)(
+            waves, torch.zeros(64, dtype=torch.long), torch.Generator().manual_seed(5))
+        offsets = torch.randint(-m, m + 1, (64,), generator=torch.Generator().manual_seed(5)) + m
+        windows = F.pad(waves, (m, m)).unfold(1, length, 1)
+        assert torch.equal(out, windows[torch.arange(64), offsets])
+
+
+def test_spec_augment_without_masks_returns_the_features_and_draws_nothing():
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(4, 1, 40, 101)
+    assert SpecAugment(freq_masks=2, freq_width=0, time_masks=0, time_width=9)(feats, g) is feats
+    assert torch.equal(g.get_state(), torch.Generator().manual_seed(0).get_state())
 
 
 def test_spec_augment_masks_within_limits():

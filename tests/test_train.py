@@ -8,7 +8,7 @@ from nas_kws.device import seed_everything
 from nas_kws.models import create_model
 from nas_kws.rebuild import load_model
 from nas_kws.runs import RunDir
-from nas_kws.train import NonFiniteLossError, fit, train_experiment
+from nas_kws.train import NonFiniteLossError, fit, train_batches, train_experiment
 
 
 def tone_config(root, epochs=3, **train):
@@ -53,6 +53,20 @@ def test_resume_gives_the_same_weights_as_a_straight_run(tone_root, tmp_path):
     b = RunDir(tmp_path / "b").load_checkpoint("last")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert straight["test_last_acc"] == resumed["test_last_acc"]
+
+
+def test_prefetch_thread_prepares_exactly_the_serial_batches(tone_root):
+    from nas_kws.data.pipeline import Pipeline
+    from nas_kws.features import FeatureConfig
+
+    cfg = tone_config(tone_root)
+    store = open_dataset(cfg.data, progress=False)
+    pipe = Pipeline(store, cfg, FeatureConfig.logmel(), torch.device("cpu"))
+    runs = [list(train_batches(pipe, pipe.train_loader, 3, pipe.generator(0),
+                               torch.channels_last, prefetch)) for prefetch in (False, True)]
+    assert len(runs[0]) == 3
+    for (feats, labels), (again, same) in zip(*runs):
+        assert torch.equal(feats, again) and torch.equal(labels, same)
 
 
 def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_checkpoint(tone_root, tmp_path):

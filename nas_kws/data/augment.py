@@ -3,7 +3,6 @@ gain, and SpecAugment masks on the features."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nas_kws.config import AugmentConfig
@@ -44,15 +43,11 @@ class Augmenter:
 
     def __call__(self, waves: torch.Tensor, labels: torch.Tensor, g: torch.Generator,
                  part: tuple[int, int] | None = None) -> torch.Tensor:
-        """`part`: these clips' place in a global batch (see `Draws`)."""
+        """`part`: these clips' place in a global batch (see `Draws`). The result is a new
+        tensor: the picked noise rows scaled (or zeros), with each clip added at its shift."""
         batch, length = waves.shape
-        device = waves.device
-        draw = Draws(batch, g, device, part)
-        if self.max_shift:
-            m = self.max_shift
-            offsets = draw.randint(0, 2 * m + 1)
-            windows = F.pad(waves, (m, m)).unfold(1, length, 1)  # a view: (batch, 2m+1, length)
-            waves = windows[torch.arange(batch, device=device), offsets]
+        draw = Draws(batch, g, waves.device, part)
+        shifts = draw.randint(-self.max_shift, self.max_shift + 1) if self.max_shift else None
         if len(self.noise) and self.cfg.noise_prob > 0:
             rows = draw.randint(0, len(self.noise))
             amp = draw.uniform(0.0, self.cfg.noise_max)
@@ -60,11 +55,27 @@ class Augmenter:
                 loud = draw.uniform(0.0, self.cfg.silence_noise_max)
                 amp = torch.where(labels == self.silence_index, loud, amp)
             amp = amp * (draw.rand() < self.cfg.noise_prob)
-            waves = waves + amp[:, None] * self.noise[rows]
+            out = self.noise.index_select(0, rows).mul_(amp[:, None])
+        else:
+            out = torch.zeros_like(waves)
+        if shifts is None:
+            out += waves
+        else:
+            add_shifted(out, waves, shifts.tolist())
         if self.cfg.gain_db:
             db = draw.uniform(-self.cfg.gain_db, self.cfg.gain_db)
-            waves = waves * torch.pow(10.0, db / 20)[:, None]
-        return waves
+            out *= torch.pow(10.0, db / 20)[:, None]
+        return out
+
+
+def add_shifted(out: torch.Tensor, waves: torch.Tensor, shifts: list[int]) -> None:
+    """out[i, t] += waves[i, t + shifts[i]] where that sample exists (zero padding). Row by row:
+    on CPU a slice add per clip is about 2x faster than gathering from an unfolded padded
+    copy."""
+    length = waves.shape[1]
+    for i, s in enumerate(shifts):
+        if abs(s) < length:
+            out[i, max(-s, 0):length - max(s, 0)] += waves[i, max(s, 0):length - max(-s, 0)]
 
 
 def _masks(size: int, count: int, max_width: int, draw: Draws) -> torch.Tensor:
@@ -90,11 +101,15 @@ class SpecAugment(nn.Module):
     def forward(self, feats: torch.Tensor, g: torch.Generator,
                 part: tuple[int, int] | None = None) -> torch.Tensor:
         """`part`: these clips' place in a global batch (see `Draws`)."""
+        freq_on = bool(self.freq_masks and self.freq_width)
+        time_on = bool(self.time_masks and self.time_width)
+        if not (freq_on or time_on):   # nothing to mask: no draws, no copy
+            return feats
         batch, _, bins, frames = feats.shape
         draw = Draws(batch, g, feats.device, part)
         hit = torch.zeros(batch, bins, frames, dtype=torch.bool, device=feats.device)
-        if self.freq_masks and self.freq_width:
+        if freq_on:
             hit |= _masks(bins, self.freq_masks, self.freq_width, draw)[:, :, None]
-        if self.time_masks and self.time_width:
+        if time_on:
             hit |= _masks(frames, self.time_masks, self.time_width, draw)[:, None, :]
         return feats.masked_fill(hit[:, None], 0.0)

@@ -77,8 +77,10 @@ class BCResBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.project(x)
         f2 = self.f2(x)
-        # in place where autograd allows: two fewer full-size maps per block, the same sums
-        out = f2 + self.f1(f2.mean(dim=2, keepdim=True))
+        # In place where autograd allows: three fewer full-size maps per block, the same sums.
+        # The frequency mean as sum / bins is how CPU `mean` computes it, but its backward hands
+        # on an expanded view instead of dividing a full-size map.
+        out = f2.add_(self.f1(f2.sum(dim=2, keepdim=True).div_(f2.shape[2])))
         if not self.transition:
             out += x
         return out.relu_()
