@@ -121,6 +121,6 @@ class BatchLoader:
                 idx = idx[self.rank * part:(self.rank + 1) * part]
             rows = np.sort(idx)
             inverse = np.argsort(np.argsort(idx))
-            # int16 -> float and the scaling in one pass (exact: 2^-15 is a power of two)
-            waves = torch.from_numpy(np.asarray(self.audio[rows])[inverse]).mul(2.0 ** -15)
+            # x * 2^-15 is exactly x / 32768, and a multiply is ~2x faster than a divide here
+            waves = torch.from_numpy(np.asarray(self.audio[rows])[inverse]).float().mul_(2.0 ** -15)
             yield waves, torch.from_numpy(self.labels[idx])
