@@ -11,7 +11,7 @@ features -> step) on the default synthetic set with experiments/bcresnetN.yaml.
     mkdir -p bcresnet-ref
     git --git-dir=$(fetched Qualcomm-AI-research/bcresnet) archive HEAD | tar -x -C bcresnet-ref
     python benchmarks/reference_step.py --reference bcresnet-ref [--taus 1,8] [--rounds 5]
-    python benchmarks/reference_step.py --reference bcresnet-ref --profile   # torch.profiler table
+    python benchmarks/reference_step.py --reference bcresnet-ref --profile   # torch.profiler tables
 """
 from __future__ import annotations
 
@@ -113,18 +113,22 @@ def ratio(times: dict[str, list[float]], slow: str, fast: str) -> float:
     return statistics.median(a / b for a, b in zip(times[slow], times[fast]))
 
 
-def profile_table(tau: float, rows: int) -> str:
-    """torch.profiler's operator table over a few nas-kws training steps."""
+def profile_table(tau: float, rows: int, store=None) -> str:
+    """torch.profiler's operator table over a few nas-kws training steps, or over a few whole
+    iterations (store -> augment -> features -> step) when `store` is given."""
     from torch.profiler import ProfilerActivity, profile
 
     torch.manual_seed(0)
     model = create_model(f"bcresnet{tau:g}")
-    x = torch.randn(BATCH, 1, *model.feature_config.shape)
-    y = torch.randint(0, model.num_classes, (BATCH,))
-    step = train_step_fn(model, x, y, config_for(tau))
+    if store is None:
+        x = torch.randn(BATCH, 1, *model.feature_config.shape)
+        y = torch.randint(0, model.num_classes, (BATCH,))
+        step = train_step_fn(model, x, y, config_for(tau))
+    else:
+        step = iteration_fn(model, config_for(tau), store, 3)
     step()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(3):
+        for _ in range(1 if store is not None else 3):
             step()
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
@@ -141,15 +145,18 @@ def main() -> None:
     parser.add_argument("--no_iteration", action="store_true",
                         help="skip the whole-iteration timing (needs the synthetic set)")
     parser.add_argument("--profile", action="store_true",
-                        help="print torch.profiler tables of nas-kws's step instead")
+                        help="print torch.profiler tables of nas-kws's step and whole iteration "
+                        "instead")
     args = parser.parse_args()
     threads = set_threads()
     taus = [float(t) for t in args.taus.split(",")]
+    store = None if args.no_iteration else open_dataset(config_for(taus[0]).data, progress=False)
     if args.profile:
         for tau in taus:
-            print(f"bcresnet{tau:g}, {threads} threads\n{profile_table(tau, 20)}")
+            print(f"bcresnet{tau:g}, {threads} threads, 3 training steps\n{profile_table(tau, 20)}")
+            if store is not None:
+                print(f"bcresnet{tau:g}, 3 whole iterations\n{profile_table(tau, 25, store)}")
         return
-    store = None if args.no_iteration else open_dataset(config_for(taus[0]).data, progress=False)
     print(f"batch {BATCH}, 40x101, {threads} threads, {args.rounds} interleaved rounds; "
           "ratios are medians of per-round ratios\n")
     print("| tau | train: nas-kws / reference | infer: nas-kws / reference "
