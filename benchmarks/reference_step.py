@@ -16,6 +16,7 @@ features -> step) on the default synthetic set with experiments/bcresnetN.yaml.
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import statistics
 import sys
@@ -170,8 +171,11 @@ def main() -> None:
         y = torch.randint(0, ours.num_classes, (BATCH,))
         fns = {"train_ref": train_step_fn(ref, x, y, None),
                "train_ours": train_step_fn(ours, x, y, cfg)}
+        # own copies: infer_fn puts its net in eval mode, and the training steps must stay in
+        # train mode (batch statistics in every BN) as in `fit`
         cl = cfg.train.channels_last
-        fns.update(infer_ref=infer_fn(ref, x, False), infer_ours=infer_fn(ours, x, cl))
+        fns.update(infer_ref=infer_fn(copy.deepcopy(ref), x, False),
+                   infer_ours=infer_fn(copy.deepcopy(ours), x, cl))
         if store is not None:
             fns["iteration"] = iteration_fn(create_model(f"bcresnet{tau:g}"), cfg, store,
                                             args.iteration_steps)
