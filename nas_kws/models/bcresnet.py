@@ -77,10 +77,15 @@ class BCResBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.project(x)
         f2 = self.f2(x)
-        # In place where autograd allows: three fewer full-size maps per block, the same sums.
-        # The frequency mean as sum / bins is how CPU `mean` computes it, but its backward hands
-        # on an expanded view instead of dividing a full-size map.
-        out = f2.add_(self.f1(f2.sum(dim=2, keepdim=True).div_(f2.shape[2])))
+        if self.training:
+            # The same values, cheaper to train: the frequency mean as sum / bins (how CPU `mean`
+            # computes it; its backward hands on an expanded view instead of dividing a full-size
+            # map) and the broadcast add in place. Eval keeps `mean` and `+`, the ops the
+            # integer exporters match.
+            out = f2.add_(self.f1(f2.sum(dim=2, keepdim=True).div_(f2.shape[2])))
+        else:
+            out = f2 + self.f1(f2.mean(dim=2, keepdim=True))
+        # in place where autograd allows: a full-size map fewer, the same sums
         if not self.transition:
             out += x
         return out.relu_()
