@@ -145,6 +145,10 @@ def main() -> None:
                         help="whole iterations per round (one epoch start each round)")
     parser.add_argument("--no_iteration", action="store_true",
                         help="skip the whole-iteration timing (needs the synthetic set)")
+    parser.add_argument("--layouts", action="store_true",
+                        help="also time nas-kws's step in the other memory format than the "
+                        "recipe's train.channels_last (which layout wins depends on width and "
+                        "threads)")
     parser.add_argument("--profile", action="store_true",
                         help="print torch.profiler tables of nas-kws's step and whole iteration "
                         "instead")
@@ -160,9 +164,10 @@ def main() -> None:
         return
     print(f"batch {BATCH}, 40x101, {threads} threads, {args.rounds} interleaved rounds; "
           "ratios are medians of per-round ratios\n")
+    other = " | train, other layout: nas-kws / reference" if args.layouts else ""
     print("| tau | train: nas-kws / reference | infer: nas-kws / reference "
-          "| whole iteration / bare step |")
-    print("|---:|---:|---:|---:|")
+          f"| whole iteration / bare step{other} |")
+    print("|---:|---:|---:|---:|" + ("---:|" if args.layouts else ""))
     for tau in taus:
         cfg = config_for(tau)
         torch.manual_seed(0)
@@ -174,19 +179,24 @@ def main() -> None:
         # own copies: infer_fn puts its net in eval mode, and the training steps must stay in
         # train mode (batch statistics in every BN) as in `fit`
         cl = cfg.train.channels_last
+        if args.layouts:
+            flipped = copy.deepcopy(cfg)
+            flipped.train.channels_last = not cl
+            fns["train_other_layout"] = train_step_fn(copy.deepcopy(ours), x, y, flipped)
         fns.update(infer_ref=infer_fn(copy.deepcopy(ref), x, False),
                    infer_ours=infer_fn(copy.deepcopy(ours), x, cl))
         if store is not None:
             fns["iteration"] = iteration_fn(create_model(f"bcresnet{tau:g}"), cfg, store,
                                             args.iteration_steps)
-        repeats = {"train_ref": args.steps, "train_ours": args.steps, "infer_ref": args.steps,
-                   "infer_ours": args.steps}
+        repeats = {name: args.steps for name in fns if name != "iteration"}
         times = interleaved(fns, args.rounds, repeats)
         if store is not None:
             times["iteration"] = [s / args.iteration_steps for s in times["iteration"]]
         whole = f"{ratio(times, 'iteration', 'train_ours'):.2f}" if store is not None else "-"
+        flip = (f" | {ratio(times, 'train_ref', 'train_other_layout'):.2f}" if args.layouts
+                else "")
         print(f"| {tau:g} | {ratio(times, 'train_ref', 'train_ours'):.2f} "
-              f"| {ratio(times, 'infer_ref', 'infer_ours'):.2f} | {whole} |", flush=True)
+              f"| {ratio(times, 'infer_ref', 'infer_ours'):.2f} | {whole}{flip} |", flush=True)
         print(f"<!-- tau {tau:g} ms per step (median): " + ", ".join(
             f"{k} {1000 * statistics.median(v):.0f}" for k, v in times.items()) + " -->")
 
