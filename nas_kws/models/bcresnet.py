@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from nas_kws.features import FeatureConfig
-from nas_kws.models.layers import conv_out
+from nas_kws.models.layers import BatchNorm2d, conv_out
 from nas_kws.models.registry import register_model
 
 STAGE_BLOCKS = (2, 2, 4, 4)
@@ -23,7 +23,7 @@ class SubSpectralNorm(nn.Module):
     def __init__(self, channels: int, groups: int = 5):
         super().__init__()
         self.groups = groups
-        self.bn = nn.BatchNorm2d(channels * groups)
+        self.bn = BatchNorm2d(channels * groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
@@ -42,7 +42,7 @@ class SubSpectralNorm(nn.Module):
 
 
 def _norm(channels: int, ssn_groups: int) -> nn.Module:
-    return SubSpectralNorm(channels, ssn_groups) if ssn_groups > 1 else nn.BatchNorm2d(channels)
+    return SubSpectralNorm(channels, ssn_groups) if ssn_groups > 1 else BatchNorm2d(channels)
 
 
 class BCResBlock(nn.Module):
@@ -56,7 +56,7 @@ class BCResBlock(nn.Module):
         self.transition = in_channels != out_channels
         self.project = nn.Sequential(
             nn.Conv2d(in_channels, out_channels, 1, bias=False),
-            nn.BatchNorm2d(out_channels),
+            BatchNorm2d(out_channels),
             nn.ReLU(inplace=True),
         ) if self.transition else nn.Identity()
         self.f2 = nn.Sequential(
@@ -68,7 +68,7 @@ class BCResBlock(nn.Module):
             nn.Conv2d(out_channels, out_channels, (1, time_kernel),
                       padding=(0, dilation * (time_kernel - 1) // 2), dilation=(1, dilation),
                       groups=out_channels, bias=False),
-            nn.BatchNorm2d(out_channels),
+            BatchNorm2d(out_channels),
             nn.SiLU(inplace=True),
             nn.Conv2d(out_channels, out_channels, 1, bias=False),
             nn.Dropout2d(dropout),
@@ -100,7 +100,7 @@ class BCResBottleneck(nn.Module):
         super().__init__()
         self.block = BCResBlock(channels, inner, **block_args)
         self.project = nn.Sequential(nn.Conv2d(inner, channels, 1, bias=False),
-                                     nn.BatchNorm2d(channels))
+                                     BatchNorm2d(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.project(self.block(x)).add_(x)
@@ -117,7 +117,7 @@ class BCResNet(nn.Module):
         widths = [2 * base, base, int(1.5 * base), 2 * base, int(2.5 * base), 4 * base]
         self.stem = nn.Sequential(
             nn.Conv2d(1, widths[0], 5, stride=(2, 1), padding=2, bias=False),
-            nn.BatchNorm2d(widths[0]),
+            BatchNorm2d(widths[0]),
             nn.ReLU(inplace=True),
         )
         blocks = []
@@ -135,7 +135,7 @@ class BCResNet(nn.Module):
             nn.Conv2d(widths[4], widths[4], (bins, 5), padding=(0, 2), groups=widths[4],
                       bias=False),
             nn.Conv2d(widths[4], widths[5], 1, bias=False),
-            nn.BatchNorm2d(widths[5]),
+            BatchNorm2d(widths[5]),
             nn.ReLU(inplace=True),
             nn.AdaptiveAvgPool2d(1),
             nn.Conv2d(widths[5], num_classes, 1),

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nas_kws.features import FeatureConfig
+from nas_kws.models.layers import BatchNorm2d
 from nas_kws.models.registry import register_model
 
 
@@ -28,7 +29,7 @@ class SameConv2d(nn.Conv2d):
 def _conv_bn_relu(cin: int, cout: int, kernel: tuple[int, int], stride: tuple[int, int],
                   groups: int = 1) -> nn.Sequential:
     return nn.Sequential(SameConv2d(cin, cout, kernel, stride, groups=groups, bias=False),
-                         nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+                         BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
 class DSCNN(nn.Module):

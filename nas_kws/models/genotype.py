@@ -30,7 +30,7 @@ from nas_kws.fileio import read_yaml, write_text
 from nas_kws.models import checks
 from nas_kws.models.bcresnet import BCResBlock, BCResBottleneck
 from nas_kws.models.checks import REQUIRED, check_args
-from nas_kws.models.layers import as_pair, conv_out
+from nas_kws.models.layers import BatchNorm2d, as_pair, conv_out
 from nas_kws.models.mbconv import MBConv
 
 Shape = tuple[int, int, int]          # (channels, bins, frames)
@@ -150,7 +150,7 @@ def build_stem(stem: dict[str, Any], in_channels: int = 1) -> nn.Module:
     return nn.Sequential(
         nn.Conv2d(in_channels, stem["out_channels"], kernel, stride=as_pair(stem["stride"]),
                   padding=(kernel[0] // 2, kernel[1] // 2), bias=False),
-        nn.BatchNorm2d(stem["out_channels"]),
+        BatchNorm2d(stem["out_channels"]),
         STEM_ACTS[stem["act"]](),
     )
 
@@ -168,12 +168,12 @@ def build_head(head: dict[str, Any], in_shape: Shape, num_classes: int) -> nn.Mo
     width = head["channels"]
     if head["type"] == "pool_linear":
         return nn.Sequential(
-            nn.Conv2d(channels, width, 1, bias=False), nn.BatchNorm2d(width),
+            nn.Conv2d(channels, width, 1, bias=False), BatchNorm2d(width),
             nn.ReLU6(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
             nn.Linear(width, num_classes))
     return nn.Sequential(
         nn.Conv2d(channels, channels, (bins, 5), padding=(0, 2), groups=channels, bias=False),
-        nn.Conv2d(channels, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+        nn.Conv2d(channels, width, 1, bias=False), BatchNorm2d(width), nn.ReLU(inplace=True),
         nn.AdaptiveAvgPool2d(1), nn.Conv2d(width, num_classes, 1), nn.Flatten())
 
 

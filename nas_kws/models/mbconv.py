@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nas_kws.models.layers import as_pair
+from nas_kws.models.layers import BatchNorm2d, as_pair
 
 
 class MBConv(nn.Module):
@@ -19,12 +19,12 @@ class MBConv(nn.Module):
         stride = as_pair(stride)
         layers: list[nn.Module] = []
         if expand != 1:
-            layers += [nn.Conv2d(in_channels, hidden, 1, bias=False), nn.BatchNorm2d(hidden),
+            layers += [nn.Conv2d(in_channels, hidden, 1, bias=False), BatchNorm2d(hidden),
                        nn.ReLU6(inplace=True)]
         layers += [nn.Conv2d(hidden, hidden, kernel, stride=stride, padding=kernel // 2,
                              groups=hidden, bias=False),
-                   nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True),
-                   nn.Conv2d(hidden, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels)]
+                   BatchNorm2d(hidden), nn.ReLU6(inplace=True),
+                   nn.Conv2d(hidden, out_channels, 1, bias=False), BatchNorm2d(out_channels)]
         self.conv = nn.Sequential(*layers)
         self.shortcut = stride == (1, 1) and in_channels == out_channels
 
