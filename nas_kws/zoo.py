@@ -89,16 +89,25 @@ class ZooIndex:
     def data(self) -> DataConfig:
         return self.config(self.models[0], self.seeds[0]).data
 
-    def train_argv(self, model: str, seed: int, run_dir: str | os.PathLike) -> list[str]:
-        return ["train", "--model", model, "--config", _shown(EXPERIMENTS_DIR / self.recipe),
+    def train_argv(self, model: str, seed: int, run_dir: str | os.PathLike,
+                   shown: bool = False) -> list[str]:
+        """The run's training command; `shown`: as recorded and printed (the recipe named from
+        the repository), else as executed from any working directory (absolute recipe path)."""
+        recipe = EXPERIMENTS_DIR / self.recipe
+        return ["train", "--model", model, "--config",
+                _relative(recipe, EXPERIMENTS_DIR.parent) if shown else str(recipe),
                 "--seed", str(seed), "--run_dir", str(run_dir), "--quiet", "--set",
                 *self.overrides]
 
-    def qat_argv(self, model: str, seed: int, bits: int, out: str | os.PathLike) -> list[str]:
-        """The twin's command: QAT of the packed run's weights, written to `out`."""
-        return ["quantize", "qat", _shown(self.run(model, seed).path), "--weight_bits", str(bits),
-                "--act_bits", str(QAT_ACT_BITS), "--epochs", str(self.qat_epochs), "--out",
-                str(out), "--quiet"]
+    def qat_argv(self, model: str, seed: int, bits: int, out: str | os.PathLike,
+                 shown: bool = False) -> list[str]:
+        """The twin's command: QAT of the packed run's weights, written to `out`; `shown`: the
+        packed run named from the zoo folder's parent (zoo/NAME/seedS, whichever checkout or
+        working directory built it), else its real path."""
+        run = self.run(model, seed).path
+        return ["quantize", "qat", _relative(run, self.root.parent) if shown else str(run),
+                "--weight_bits", str(bits), "--act_bits", str(QAT_ACT_BITS), "--epochs",
+                str(self.qat_epochs), "--out", str(out), "--quiet"]
 
     def run(self, model: str, seed: int) -> RunDir:
         return RunDir(self.root / model / f"seed{seed}")
@@ -111,10 +120,10 @@ class ZooIndex:
         return self.run(model, seed).quant_run("qat", qat_tag(bits))
 
 
-def _shown(path: Path) -> str:
-    """A path as run from the repository when it lies inside it."""
-    repo = EXPERIMENTS_DIR.parent
-    return str(path.relative_to(repo) if path.is_relative_to(repo) else path)
+def _relative(path: Path, base: Path) -> str:
+    """`path` relative to `base` when it lies inside it (both resolved), else as it is."""
+    path, base = Path(path).resolve(), Path(base).resolve()
+    return str(path.relative_to(base) if path.is_relative_to(base) else path)
 
 
 def qat_tag(bits: int) -> str:
@@ -274,7 +283,8 @@ def pack(index: ZooIndex, model: str, seed: int, work: RunDir, store, current: s
     acc = check_accuracy(work, store)
     metrics = work.read_metrics()
     metrics["reference"] = {
-        "command": shlex.join(["nas-kws", *index.train_argv(model, seed, index.work(model, seed))]),
+        "command": shlex.join(["nas-kws", *index.train_argv(model, seed, index.work(model, seed),
+                                                            shown=True)]),
         "data_fingerprint": current}
     state = work.load_checkpoint("best")
     dest = index.run(model, seed)
@@ -315,7 +325,7 @@ def pack_qat(index: ZooIndex, model: str, seed: int, bits: int, twin: RunDir, wo
                        f"QAT recipe is {(bits, QAT_ACT_BITS, index.qat_epochs)}")
     out = RunDir(index.work(model, seed)).quant_run("qat", qat_tag(bits)).path
     metrics["reference"] = {
-        "command": shlex.join(["nas-kws", *index.qat_argv(model, seed, bits, out)]),
+        "command": shlex.join(["nas-kws", *index.qat_argv(model, seed, bits, out, shown=True)]),
         "data_fingerprint": current, "base_weights": base}
     dest = index.qat_twin(model, seed, bits)
     dest.path.mkdir(parents=True, exist_ok=True)

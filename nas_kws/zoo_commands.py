@@ -70,7 +70,7 @@ def cmd_list(args: argparse.Namespace) -> int:
               f"{','.join(map(str, d['current'])) or '-':>7s} {_acc_text(d['accs']):>14s} "
               f"{qat}{latency:>8s}  {status}")
         if d["current"] != index.seeds:
-            argv = index.train_argv(name, 0, WORK_DIR / name / "seedSEED")
+            argv = index.train_argv(name, 0, WORK_DIR / name / "seedSEED", shown=True)
             argv[argv.index("--seed") + 1] = "SEED"
             print(f"    build: nas-kws zoo build {name}   (runs: nas-kws {' '.join(argv)})")
     return 0

@@ -68,7 +68,7 @@ def test_build_packs_slim_runs_with_their_command_and_seeds(stand_in, zoo_copy, 
     twin = json.loads((run / "quant" / "qat_w4a8" / "metrics.json").read_text())
     assert twin["model"]["quant"]["weight_bits"] == 4
     assert twin["reference"]["command"] == (
-        f"nas-kws quantize qat {stand_in[0] / 'bcresnet1' / 'seed2'} --weight_bits 4 --act_bits 8 "
+        f"nas-kws quantize qat {stand_in[0].name}/bcresnet1/seed2 --weight_bits 4 --act_bits 8 "
         "--epochs 1 --out runs/zoo/bcresnet1/seed2/quant/qat_w4a8 --quiet")
     assert twin["reference"]["data_fingerprint"] == reference["data_fingerprint"]
     assert not (zoo / "bcresnet8").exists()
