@@ -10,12 +10,13 @@ finished steps are skipped, an interrupted search or training resumes from its c
 from __future__ import annotations
 
 import argparse
+import csv
 from pathlib import Path
 
 from nas_kws.config import EXPERIMENTS_DIR
 from nas_kws.data.synth import SYNTH_SIZES
 from nas_kws.errors import EXPECTED_ERRORS, NasKwsError
-from nas_kws.report import MARKDOWN, REPORT_FILES
+from nas_kws.report import CSV, MARKDOWN, REPORT_FILES
 from nas_kws.runs import RunDir, latency_path
 from nas_kws.zoo import read_index
 
@@ -90,21 +91,37 @@ def quantize_steps(args: argparse.Namespace, run: RunDir) -> None:
         run_step(args, ["bench", "latency", *map(str, onnx), "--runs", str(args.latency_runs)])
 
 
-def summary(search: RunDir, runs: dict[str, RunDir], report: Path) -> str:
+def _percent(row: dict[str, str], key: str) -> str:
+    """An accuracy cell of report.csv in %, with its +- std over seeds when the row has one."""
+    if not row.get(key):
+        return "-"
+    std = row.get(f"{key}_std")
+    return f"{100 * float(row[key]):.2f}" + (f" +- {100 * float(std):.2f}" if std else "")
+
+
+def summary(search: RunDir, report: Path) -> str:
+    """The derived net, then the comparison report's rows (this demo's runs and the zoo's
+    reference runs, mean +- std over their seeds) as a table."""
     found = search.read_metrics()
     lines = ["", "== nas-kws demo ==",
              f"derived net ({found['search_space']} space, {search.genotype_path}):",
              *(f"  block {i:2d}  {label}" for i, label in enumerate(found["blocks"])),
              f"MACs {found['derived_macs']:,} against the budget {found['flops_ref_value']:,.0f} "
              f"({found['macs_vs_ref']:.2f}x)", "",
-             f"{'model':12s} {'params':>9s} {'MACs':>12s} {'fp32 acc':>9s} {'QAT w8a8':>9s} "
-             f"{'QAT w4a8':>9s}"]
-    for label, run in runs.items():
-        m = run.read_metrics()
-        accs = [m["test_best_acc"]] + [qat_run(run, bits).read_metrics()["test_best_acc"]
-                                       for bits in QAT_WEIGHT_BITS]
-        lines.append(f"{label:12s} {m['params']:>9,} {m['macs']:>12,} "
-                     + " ".join(f"{acc:>9.4f}" for acc in accs))
+             f"{'model':12s} {'family':10s} {'runs':>4s} {'params':>9s} {'MACs':>12s} "
+             f"{'fp32 acc %':>14s} "
+             + "".join(f"{'QAT w' + str(b) + 'a8 %':>14s} " for b in QAT_WEIGHT_BITS)
+             + f"{'int8 ms':>8s}"]
+    with open(report / CSV, newline="") as f:
+        for row in csv.DictReader(f):
+            if not row["fp32_acc"]:
+                continue                  # a baseline the zoo has not built: in report.md's notes
+            qat = "".join(f"{_percent(row, f'QAT w{b}a8'):>14s} " for b in QAT_WEIGHT_BITS)
+            latency = f"{float(row['onnx_int8_ms']):.3f}" if row["onnx_int8_ms"] else "-"
+            lines.append(f"{row['model']:12s} {row['family']:10s} {row['runs']:>4s} "
+                         f"{int(row['params']):>9,} "
+                         f"{int(row['MACs']):>12,} {_percent(row, 'fp32_acc'):>14s} {qat}"
+                         f"{latency:>8s}")
     lines.append(f"\nreport: {report / MARKDOWN} (and {', '.join(REPORT_FILES[1:])})")
     return "\n".join(lines)
 
@@ -123,7 +140,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     baselines = args.baselines or ",".join(read_index().models)
     run_step(args, ["compare", *(str(run.path) for run in runs.values()), *args.with_runs,
                     "--baselines", baselines, "--out", str(report)])
-    print(summary(search, runs, report))
+    print(summary(search, report))
     return 0
 
 

@@ -13,6 +13,10 @@ def test_demo_runs_search_to_report_and_resumes(tmp_path, capsys):
     assert main([*DEMO, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "derived net (hybrid space" in printed and "against the budget 6,000,000" in printed
+    table = printed[printed.index("fp32 acc %"):printed.index("report: ")].splitlines()[1:]
+    cells = {line.split()[0]: line.split()[1:] for line in table if line}
+    assert sorted(cells) == ["bcresnet1", "hybrid"]        # no zoo rows on this set
+    assert cells["hybrid"][0] == "searched" and cells["bcresnet1"][2] == "9,232"
     for run in ("searched", "bcresnet1"):
         assert (out / run / "quant" / "ptq.json").is_file()
         twin_export = out / run / "quant" / "qat_w8a8" / "export"
