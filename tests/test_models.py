@@ -5,6 +5,7 @@ from torch import nn
 from nas_kws.features import FeatureConfig
 from nas_kws.models import create_model, default_features, list_models, register_model, registry
 from nas_kws.models.bcresnet import BCResBlock, SubSpectralNorm
+from nas_kws.models.layers import BatchNorm2d
 
 BCRESNET_PARAMS = {"bcresnet1": 9_232, "bcresnet1.5": 17_154, "bcresnet2": 27_284,
                    "bcresnet3": 54_168, "bcresnet6": 187_812, "bcresnet8": 321_068}
@@ -76,6 +77,28 @@ def test_register_model_both_ways(monkeypatch):
     assert create_model("tiny.5", num_classes=3).spec["name"] == "tiny.5"
     with pytest.raises(ValueError, match="already registered"):
         register_model("tiny_net")(other)
+
+
+@pytest.mark.parametrize("channels", [12, 16])
+def test_batchnorm_detour_matches_torch_and_keeps_channels_last(channels):
+    """Narrow channels_last maps are normalised in the default layout in training (a width of
+    16 is left alone); outputs, gradients and running statistics are torch's to rounding."""
+    torch.manual_seed(0)
+    ours, ref = BatchNorm2d(channels), nn.BatchNorm2d(channels)
+    x = (3 * torch.randn(8, channels, 10, 7) + 1).contiguous(memory_format=torch.channels_last)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    grad = torch.randn(x.shape).contiguous(memory_format=torch.channels_last)
+    ya, yb = ours(xa), ref(xb)
+    (ya * grad).sum().backward()
+    (yb * grad).sum().backward()
+    assert ya.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(ya, yb)
+    torch.testing.assert_close(xa.grad, xb.grad)
+    torch.testing.assert_close(ours.weight.grad, ref.weight.grad)
+    torch.testing.assert_close(ours.running_var, ref.running_var)
+    ours.load_state_dict(ref.state_dict())
+    ours.eval(), ref.eval()
+    torch.testing.assert_close(ours(x), ref(x), rtol=0, atol=0)   # eval: torch's own path
 
 
 def test_subspectralnorm_rejects_bad_height():
