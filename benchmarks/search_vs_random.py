@@ -4,8 +4,10 @@ band and against the BC-ResNet family, all retrained with one recipe on the same
 Per setting (space, budget): the search over 3 seeds (each searched net retrained with its
 search's seed), K random nets from `--strategy random` (one seed each; `--random_seeds 0,1,2`
 trains each with several, to measure seed noise), and the baselines over 3 seeds (BC-ResNet-1/
-1.5/2/3, whose means make the BC-ResNet curve, and DS-CNN-S beside it), with
-`experiments/demo.yaml`. Every finished training appends a row to
+1.5/2/3/8, whose means make the BC-ResNet curve, and DS-CNN-S beside it), with
+`experiments/demo.yaml`. A baseline the zoo ships for the same command (`nas-kws zoo`: same
+recipe, seed and data, no --epochs / --batch_size) is read from its reference run, not
+retrained. Every finished training appends a row to
 `benchmarks/results/search_vs_random.csv` (locked, atomic), so an interrupted run resumes where
 it stopped (unfinished trainings resume from their checkpoints) and the rows can be committed
 between sessions. The table (mean +- std, the searched nets' percentile among the random ones,
@@ -40,7 +42,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 RECIPE = ROOT / "experiments" / "demo.yaml"
 COLUMNS = ["setting", "kind", "tag", "net", "seed", "macs", "params", "valid_acc", "test_acc",
            "train_seconds", "search_seconds"]
-BASELINES = ("bcresnet1", "bcresnet1.5", "bcresnet2", "bcresnet3", "dscnn_s")
+BASELINES = ("bcresnet1", "bcresnet1.5", "bcresnet2", "bcresnet3", "bcresnet8", "dscnn_s")
 CURVE_FAMILY = "bcresnet"   # the baselines whose means make the curve (by name prefix)
 
 
@@ -125,6 +127,20 @@ def result_row(setting: str, kind: str, tag: str, net: str, seed: int, metrics: 
             "search_seconds": search_seconds}
 
 
+def zoo_metrics(name: str, seed: int, train_extra: list[str]) -> dict[str, Any] | None:
+    """The metrics of the zoo's reference run of `name` / `seed` when it was trained with the
+    command the protocol would run (same recipe and overrides, current data), else None."""
+    from nas_kws.zoo import is_current, read_index
+
+    index = read_index()
+    same_command = (index.recipe == RECIPE.name
+                    and train_extra == ["--set", *index.overrides])
+    if not same_command or name not in index.models or seed not in index.seeds:
+        return None
+    run = index.run(name, seed)
+    return run.read_metrics() if run.finished and is_current(run, index.data) else None
+
+
 class Protocol:
     def __init__(self, args: argparse.Namespace):
         self.args = args
@@ -154,7 +170,8 @@ class Protocol:
             for name in self.args.baseline_list:
                 if self.pending("baseline", "baseline", "-", name, seed):
                     run = self.out / "baseline" / name / f"seed{seed}"
-                    metrics = train(["--model", name], run, seed, self.train_extra)
+                    metrics = (zoo_metrics(name, seed, self.train_extra)
+                               or train(["--model", name], run, seed, self.train_extra))
                     self.record(result_row("baseline", "baseline", "-", name, seed, metrics))
 
     def random_nets(self, s: Setting) -> None:

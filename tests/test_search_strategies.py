@@ -28,7 +28,8 @@ from nas_kws.nas.space import load_space, load_variants
 from nas_kws.nas.supernet import Supernet
 from nas_kws.profiling import profile_model
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 # 4 positions, 3 * 4 * 2 * 3 = 72 nets; MACs chosen so that many nets tie in cost
 TABLE = MacsTable(fixed=100, choices=[[0, 10, 25], [5, 7, 30, 31], [0, 12], [3, 3, 40]])
@@ -247,6 +248,17 @@ def test_search_vs_random_quick(tmp_path):
     assert csv_path.with_suffix(".png").stat().st_size > 1000
     assert protocol(args) == 0              # finished rows are not run again
     assert len(read_rows(csv_path)) == 4
+
+
+def test_protocol_reads_baselines_from_the_zoo_only_for_its_own_command():
+    from search_vs_random import zoo_metrics
+
+    shipped = json.loads((ROOT / "zoo" / "bcresnet1" / "seed1" / "metrics.json").read_text())
+    default = ["--set", "data.synth_size=default"]
+    assert zoo_metrics("bcresnet1", 1, default)["test_best_acc"] == shipped["test_best_acc"]
+    assert zoo_metrics("bcresnet1", 1, ["--epochs", "1", *default]) is None
+    assert zoo_metrics("bcresnet1", 1, ["--set", "data.synth_size=tiny"]) is None
+    assert zoo_metrics("bcresnet1", 7, default) is None          # a seed the zoo does not ship
 
 
 def test_rank_correlations():
