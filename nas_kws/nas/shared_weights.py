@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nas_kws.models.layers import normalize_in_default_layout
+
 
 class SlicedConv(nn.Module):
     """A conv layer's hyper-parameters with its weight sliced out of `source`'s."""
@@ -45,6 +47,9 @@ class SlicedBatchNorm(nn.BatchNorm2d):
         self.source = source
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return normalize_in_default_layout(self._normalize, x, self.training)
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         n = self.num_features
         factor = 0.0
         if self.training:
