@@ -305,7 +305,8 @@ def noise_lines(rows: list[dict[str, Any]]) -> list[str]:
 def summary_lines(rows: list[dict[str, Any]]) -> list[str]:
     curve = bcresnet_curve(rows)
     lines = ["| setting | nets | n | MACs (mean) | test acc % mean +- std | valid acc % | "
-             "vs random mean | percentile among random | BC-ResNet curve at its MACs |",
+             "vs random mean +- std error | percentile among random | "
+             "BC-ResNet curve at its MACs |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for macs, acc, name in baseline_points(rows):
         group = [r for r in rows if r["kind"] == "baseline" and r["net"] == name]
@@ -335,6 +336,10 @@ def summary_lines(rows: list[dict[str, Any]]) -> list[str]:
             vs_random = percentile = ""
             if kind == "searched" and random:
                 vs_random = f"{m - statistics.mean(random):+.2f}"
+                if len(accs) > 1:   # one search has no spread to estimate its error from
+                    # standard error of the difference of two independent means (nets as samples)
+                    se = math.sqrt(s ** 2 / len(accs) + mean_std(random)[1] ** 2 / len(random))
+                    vs_random += f" +- {se:.2f}"
                 percentile = f"{100 * sum(a < m for a in random) / len(random):.0f}"
             curve_at = f"{ref:.2f} ({m - ref:+.2f})" if ref is not None else "outside"
             label = "random" if kind == "random" else f"searched ({tag})"

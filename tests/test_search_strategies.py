@@ -285,6 +285,11 @@ def test_protocol_table_compares_with_random_and_the_bcresnet_curve():
     searched = next(line for line in summary_lines(rows) if "searched (t)" in line)
     # the curve at 2 M, linear in log MACs between 1 M (70 %) and 4 M (80 %), is 75 %
     assert "| 78.00 +- 0.00 |" in searched and "| +3.00 | 100 | 75.00 (+3.00) |" in searched
+    # a second search seed: the difference gets its standard error, sqrt(2.83^2 / 2 + 1.41^2 / 2)
+    rows.append({**row("s", "searched", "search1", 2e6, 0.74, "t"), "seed": 1})
+    searched = next(line for line in summary_lines(rows) if "searched (t)" in line)
+    assert "| 76.00 +- 2.83 |" in searched and "| +1.00 +- 2.24 | 50 |" in searched
+    rows.pop()
     # a baseline outside the BC-ResNet family is a row set against the curve, not part of it
     dscnn = next(line for line in summary_lines(rows) if "| dscnn_s |" in line)
     assert dscnn.endswith("| 75.00 (+2.00) |")
