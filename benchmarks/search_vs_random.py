@@ -10,8 +10,9 @@ recipe, seed and data, no --epochs / --batch_size) is read from its reference ru
 retrained. Every finished training appends a row to
 `benchmarks/results/search_vs_random.csv` (locked, atomic), so an interrupted run resumes where
 it stopped (unfinished trainings resume from their checkpoints) and the rows can be committed
-between sessions. The table (mean +- std, the searched nets' percentile among the random ones,
-the BC-ResNet curve interpolated in log MACs), the seed noise set against the random band's
+between sessions. The table (mean +- std, the searched - random difference with its standard
+error, the searched nets' percentile among the random ones, the BC-ResNet curve interpolated in
+log MACs), the seed noise set against the random band's
 spread, and the plot are rewritten after every row.
 
     python benchmarks/search_vs_random.py                      # everything, hours on 2 cores
