@@ -20,11 +20,13 @@ import torch
 from nas_kws.device import set_threads
 from nas_kws.fileio import write_csv
 from nas_kws.quant.integer import integer_logits, integer_net
-from nas_kws.quant.precomputed import split_features
+from nas_kws.quant.precomputed import accuracy, split_features
 from nas_kws.rebuild import load_model, open_run_data
 
 
-def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+def percent_correct(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Accuracy in % of the integer reference's logits (an exported graph: no eval mode, so not
+    through precomputed.accuracy)."""
     return 100 * float((logits.argmax(1) == labels).float().mean())
 
 
@@ -33,13 +35,12 @@ def run_rows(run: str, subsets: int, subset_clips: int) -> list[dict]:
     model, features, classes = load_model(run)
     store = open_run_data(run, classes)
     test, labels = split_features(store, features, "test")
-    with torch.no_grad():
-        fp32 = accuracy(model(test), labels)
+    fp32 = 100 * accuracy(model, test, labels)
     rows = []
     for name, limit, seed in [("all", None, 0)] + [(f"subset{s}", subset_clips, s)
                                                    for s in range(subsets)]:
         calib, _ = split_features(store, features, "train", limit=limit, seed=seed)
-        w8a8 = accuracy(integer_logits(integer_net(model, calib.split(100)), test), labels)
+        w8a8 = percent_correct(integer_logits(integer_net(model, calib.split(100)), test), labels)
         rows.append({"run": run, "calibration": name, "calib_clips": len(calib),
                      "fp32_acc": round(fp32, 2), "w8a8_acc": round(w8a8, 2),
                      "drop": round(w8a8 - fp32, 2)})
