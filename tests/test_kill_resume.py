@@ -111,13 +111,14 @@ def test_search_killed_with_sigkill_resumes_to_identical_supernet(tone_root, tmp
 
 def test_qat_killed_with_sigkill_resumes_to_identical_weights(float_run, tmp_path):
     set_threads()
+    # the fused fake quantization (what runs of 60 steps and more take) in the killed process too
     qat = ["quantize", "qat", str(float_run), "--weight_bits", "4", "--epochs", "3",
-           "--calib_clips", "40", "--quiet", "--out"]
+           "--calib_clips", "40", "--fake_quant", "fused", "--quiet", "--out"]
     assert main([*qat, str(tmp_path / "straight")]) == 0
     killed = RunDir(tmp_path / "killed")
     run_killed_after_first_checkpoint([*qat, str(killed.path)], killed)
     assert main(["quantize", "qat", str(float_run), "--weight_bits", "4", "--calib_clips", "40",
-                 "--quiet", "--out", str(killed.path), "--resume"]) == 0
+                 "--fake_quant", "fused", "--quiet", "--out", str(killed.path), "--resume"]) == 0
     # Exact up to float rounding: a Brevitas twin rebuilt from a state dict differs from the one
     # in memory in the last bits of its quantizer scales (a float net with the same Adam
     # schedule resumes bit-identically), so the weights agree to 1e-4, not bit for bit.
