@@ -7,7 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nas_kws.config import ExperimentConfig, load_config
 from nas_kws.features import FeatureConfig
+from nas_kws.train import train_experiment
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -66,3 +68,13 @@ def tiny_genotype(classes: int = 4) -> dict:
 def accuracy(model: nn.Module, feats: torch.Tensor, labels: torch.Tensor) -> float:
     with torch.no_grad():
         return (model(feats).argmax(1) == labels).float().mean().item()
+
+
+def train_tone_run(tone_root, run_dir, model: str) -> None:
+    """A one-epoch run of `model` on the tone folders: the input the quantize / export
+    commands are tested on."""
+    cfg = load_config(ExperimentConfig, None, {
+        "model": model, "data.dataset": "folders", "data.root": str(tone_root),
+        "train.epochs": 1, "train.batch_size": 20, "train.warmup_epochs": 0,
+        "augment.noise_prob": 0.0})
+    train_experiment(cfg, run_dir, progress=False)

@@ -5,9 +5,14 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from quant_helpers import pattern_features, single_thread, tiny_genotype, train_on  # noqa: F401
+from quant_helpers import (  # noqa: F401
+    pattern_features,
+    single_thread,
+    tiny_genotype,
+    train_on,
+    train_tone_run,
+)
 
-from nas_kws.config import ExperimentConfig, load_config
 from nas_kws.features import FeatureConfig
 from nas_kws.models import create_model
 from nas_kws.models.genotype import build_from_genotype
@@ -22,7 +27,6 @@ from nas_kws.quant.export import (
 )
 from nas_kws.quant.latency import measure_latency
 from nas_kws.quant.qat import QuantSpec, calibrate, quant_twin
-from nas_kws.train import train_experiment
 
 CLASSES = ["a", "b", "c", "d"]
 
@@ -104,12 +108,8 @@ def run_command(argv: list[str]) -> None:
 
 def test_commands_quantize_export_and_bench_a_trained_run(tone_root, tmp_path, capsys):
     """The commands on a DS-CNN-S run (TensorFlow 'SAME' padding through Brevitas and ONNX)."""
-    cfg = load_config(ExperimentConfig, None, {
-        "model": "dscnn_s", "data.dataset": "folders", "data.root": str(tone_root),
-        "train.epochs": 1, "train.batch_size": 20, "train.warmup_epochs": 0,
-        "augment.noise_prob": 0.0})
     run = tmp_path / "run"
-    train_experiment(cfg, run, progress=False)
+    train_tone_run(tone_root, run, "dscnn_s")
 
     run_command(["quantize", "ptq", str(run), "--bits", "8,2"])
     rows = json.loads((run / "quant" / "ptq.json").read_text())["rows"]

@@ -7,17 +7,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 from brevitas.core.quant.int_base import IntQuant
-from quant_helpers import pattern_features, single_thread, tiny_genotype  # noqa: F401
+from quant_helpers import (  # noqa: F401
+    pattern_features,
+    single_thread,
+    tiny_genotype,
+    train_tone_run,
+)
 from torch import nn
 
-from nas_kws.config import ExperimentConfig, load_config
 from nas_kws.models import create_model
 from nas_kws.models.genotype import build_from_genotype
 from nas_kws.quant import commands
 from nas_kws.quant.fused_quant import FusedIntQuant, fuse_activation_quant
 from nas_kws.quant.qat import QuantSpec, calibrate, quant_twin
 from nas_kws.rebuild import load_model
-from nas_kws.train import train_experiment
 
 
 @pytest.mark.parametrize("signed, narrow_range, bits", [(False, False, 8), (True, True, 4),
@@ -76,12 +79,8 @@ def test_fused_twin_has_brevitas_outputs_and_gradients(name):
 
 
 def test_qat_command_gives_the_same_twin_with_either_fake_quant(tone_root, tmp_path):
-    cfg = load_config(ExperimentConfig, None, {
-        "model": "bcresnet1", "data.dataset": "folders", "data.root": str(tone_root),
-        "train.epochs": 1, "train.batch_size": 20, "train.warmup_epochs": 0,
-        "augment.noise_prob": 0.0})
     run = tmp_path / "run"
-    train_experiment(cfg, run, progress=False)
+    train_tone_run(tone_root, run, "bcresnet1")
     parser = argparse.ArgumentParser()
     commands.add_commands(parser.add_subparsers(dest="command", required=True))
     twins = {}
