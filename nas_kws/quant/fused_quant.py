@@ -66,7 +66,7 @@ class _FakeQuant(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
                 low: float, high: float) -> torch.Tensor:
         # detached, and the bounds as tensors: the kernels compile once, not per flag or width
-        bounds = torch.tensor([low, high], dtype=x.dtype)
+        bounds = torch.tensor([low, high], dtype=x.dtype, device=x.device)
         ctx.save_for_backward(x, scale, zero_point, bounds)
         return _compiled_forward(x.detach(), scale.detach(), zero_point.detach(), *bounds)
 
