@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -79,7 +80,7 @@ def main() -> None:
         fns = {"brevitas": train_step_fn(plain, x, y, cfg),
                "fused": train_step_fn(fused, x, y, cfg)}
         times = interleaved(fns, args.rounds, {})
-        median = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+        median = {k: statistics.median(v) for k, v in times.items()}
         print(f"{name:12s} {str(equal):>13s} {weights:17.2e} {qparams:21.2e} "
               f"{median['brevitas']:11.3f} {median['fused']:8.3f} "
               f"{ratio(times, 'brevitas', 'fused'):8.2f}x {first:19.1f}")

@@ -16,7 +16,7 @@ from torch import nn
 
 from nas_kws import distributed
 from nas_kws.cliflags import add_nproc_flag, add_quiet_flag, add_set_flag, overrides_from_args
-from nas_kws.config import check_at_least
+from nas_kws.config import TrainConfig, check_at_least
 from nas_kws.device import seed_everything
 from nas_kws.fileio import read_json, write_json
 from nas_kws.runs import RunDir
@@ -133,7 +133,8 @@ def cmd_qat(args: argparse.Namespace) -> int:
             FINETUNE_FLAGS if args.method == "qat" else {"lr": "train.lr"})
         store = open_run_data(args.run_dir, classes)
         twin = calibrated_twin(model, spec, store, args.calib_clips, cfg.train.seed)
-        clips = min(args.calib_clips, len(store.split("train").labels))
+        train_clips = len(store.split("train").labels)
+        clips = min(args.calib_clips, train_clips)
         if args.method == "calibrate":
             feats, labels = split_features(store, features, "test")
             acc = accuracy(twin, feats, labels)
@@ -142,7 +143,7 @@ def cmd_qat(args: argparse.Namespace) -> int:
                 "test_last_acc": acc})
             print(f"calibrated {spec.tag} on {clips} clips: test accuracy {acc:.4f}")
         else:
-            if _fuse_fake_quant(args.fake_quant, cfg, len(store.split("train").labels)):
+            if _fuse_fake_quant(args.fake_quant, cfg.train, train_clips):
                 from nas_kws.quant.fused_quant import fuse_activation_quant
 
                 fuse_activation_quant(twin)
@@ -159,13 +160,16 @@ def cmd_qat(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fuse_fake_quant(choice: str, cfg, train_clips: int) -> bool:
+def _fuse_fake_quant(choice: str, train: TrainConfig, train_clips: int) -> bool:
     """--fake_quant auto: the compiled kernels (nas_kws.quant.fused_quant) cost ~20-30 s of
     compilation per process and save about half of each step, so runs of FUSE_MIN_STEPS steps
     and more take them; 'fused' and 'brevitas' force the choice. Results are the same either way."""
+    from nas_kws.train import steps_per_epoch
+
     if choice != "auto":
         return choice == "fused"
-    return cfg.train.epochs * -(-train_clips // cfg.train.batch_size) >= FUSE_MIN_STEPS
+    batches = -(-train_clips // train.batch_size)
+    return train.epochs * steps_per_epoch(batches, train) >= FUSE_MIN_STEPS
 
 
 def claim_derived_run(out: RunDir, args: argparse.Namespace):
